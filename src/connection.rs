@@ -1,0 +1,1009 @@
+//! Client connections (4D's TCPConnection) and the event machinery that
+//! accepted connections share.
+//!
+//! Each connection is one tokio task that owns the socket's reading and
+//! every event, so a connection's callbacks are serialized by construction.
+//! Hosts talk to it through `State` (one short-held mutex, never held while
+//! calling the host) and a `Notify` that wakes the task.
+
+use crate::dispatch::{self, Dispatcher};
+use crate::error::{Error, ErrorList, Result, Status, netev_error_info};
+use crate::event::{EventType, Remote, netev_event};
+use crate::handle::{self, Object, netev_connection, netev_dispatcher, netev_listener};
+use crate::log::log;
+use crate::runtime::{self, LiveTask};
+use std::cell::Cell;
+use std::ffi::{CString, c_void};
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Receives one event of a connection. `event` is borrowed until the
+/// callback returns; `conn` is the connection's handle.
+#[allow(non_camel_case_types)]
+pub type netev_connection_callback = Option<
+    unsafe extern "C" fn(conn: netev_connection, event: *const netev_event, user_data: *mut c_void),
+>;
+
+/// Frees a connection's `user_data`; called once, after TERMINATE.
+#[allow(non_camel_case_types)]
+pub type netev_user_data_free = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// How a connection behaves. Fill it with `netev_connection_options_init`,
+/// then set what you need; netev copies it during the open call.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct netev_connection_options {
+    /// sizeof(netev_connection_options), set by netev_connection_options_init.
+    pub size: u32,
+    /// CONNECTION: the connection is established.
+    pub on_connection: netev_connection_callback,
+    /// DATA: bytes arrived (in order, in arbitrary pieces).
+    pub on_data: netev_connection_callback,
+    /// CLOSE: the connection closed properly (4D's onShutdown).
+    pub on_shutdown: netev_connection_callback,
+    /// ERROR: the connection failed; TERMINATE follows.
+    pub on_error: netev_connection_callback,
+    /// TERMINATE: the last event, always delivered once.
+    pub on_terminate: netev_connection_callback,
+    /// DRAIN: after a refused send, the queue fell to half the limit.
+    pub on_drain: netev_connection_callback,
+    /// END: the peer finished sending.
+    pub on_end: netev_connection_callback,
+    /// Passed to every callback; the host owns it.
+    pub user_data: *mut c_void,
+    /// Called once with `user_data` after TERMINATE; may be NULL.
+    pub user_data_free: netev_user_data_free,
+    /// TCP_NODELAY: send small writes at once.
+    pub no_delay: bool,
+    /// false: when the peer ends, netev shuts our side too once queued bytes
+    /// are out. true: the host keeps sending and ends with shutdown or close.
+    pub allow_half_open: bool,
+    /// Seconds of idle before TCP keepalive probes; 0 = off.
+    pub keepalive: f64,
+    /// Seconds without traffic before ERROR(NETEV_ERR_TIMEOUT); 0 = none.
+    pub idle_timeout: f64,
+    /// Seconds for name lookup and connect together; 0 = 30.
+    pub connection_timeout: f64,
+    /// Bytes queued but unsent before send refuses; 0 = 8 MiB.
+    pub send_buffer_limit: usize,
+    /// Dispatcher that runs the callbacks; 0 = netev's own I/O threads.
+    pub dispatcher: netev_dispatcher,
+}
+
+impl Default for netev_connection_options {
+    fn default() -> Self {
+        netev_connection_options {
+            size: std::mem::size_of::<Self>() as u32,
+            on_connection: None,
+            on_data: None,
+            on_shutdown: None,
+            on_error: None,
+            on_terminate: None,
+            on_drain: None,
+            on_end: None,
+            user_data: std::ptr::null_mut(),
+            user_data_free: None,
+            no_delay: false,
+            allow_half_open: false,
+            keepalive: 0.0,
+            idle_timeout: 0.0,
+            connection_timeout: 0.0,
+            send_buffer_limit: 0,
+            dispatcher: 0,
+        }
+    }
+}
+
+/// Seconds a connect may take when `connection_timeout` is 0.
+pub const NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS: u64 = 30;
+/// Bytes `send` may queue when `send_buffer_limit` is 0.
+pub const NETEV_DEFAULT_SEND_BUFFER_LIMIT: usize = 8 << 20;
+/// Largest read, and the unit of a dispatcher-bound connection's read credit.
+const READ_CHUNK: usize = 64 << 10;
+/// Reads a dispatcher-bound connection may have queued but not yet run.
+const READ_CREDIT_CHUNKS: usize = 4;
+/// Reads in a row before the task yields to the others.
+const READS_PER_TURN: usize = 4;
+/// Longest duration accepted; larger values (and infinity) mean "practically never".
+const MAX_SECONDS: f64 = 1e9;
+
+/// A seconds value from the host: NaN or negative is invalid, 0 is None.
+pub fn seconds(value: f64, what: &str) -> Result<Option<Duration>> {
+    if value.is_nan() || value < 0.0 {
+        return Err(Error::invalid(format!(
+            "{what} must be 0 or a positive number of seconds, not {value}"
+        )));
+    }
+    if value == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_secs_f64(value.min(MAX_SECONDS))))
+}
+
+/// A pointer the host handed over; netev only passes it back.
+#[derive(Clone, Copy)]
+struct HostPtr(*mut c_void);
+// SAFETY: netev never dereferences it; the host chose to receive it on
+// whichever thread the documentation says callbacks run.
+unsafe impl Send for HostPtr {}
+// SAFETY: as above; it is only copied.
+unsafe impl Sync for HostPtr {}
+
+/// Validated connection settings.
+#[derive(Clone)]
+pub struct Config {
+    callbacks: [netev_connection_callback; 8],
+    user_data: HostPtr,
+    user_data_free: netev_user_data_free,
+    pub no_delay: bool,
+    pub allow_half_open: bool,
+    pub keepalive: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub connection_timeout: Duration,
+    pub send_buffer_limit: usize,
+    pub dispatcher: Option<Arc<Dispatcher>>,
+}
+
+impl Config {
+    pub fn from_options(o: &netev_connection_options) -> Result<Config> {
+        let dispatcher = match o.dispatcher {
+            0 => None,
+            id => Some(handle::dispatcher(id)?),
+        };
+        let mut callbacks = [None; 8];
+        for (ty, cb) in [
+            (EventType::NETEV_EVENT_CONNECTION, o.on_connection),
+            (EventType::NETEV_EVENT_DATA, o.on_data),
+            (EventType::NETEV_EVENT_ERROR, o.on_error),
+            (EventType::NETEV_EVENT_CLOSE, o.on_shutdown),
+            (EventType::NETEV_EVENT_TERMINATE, o.on_terminate),
+            (EventType::NETEV_EVENT_DRAIN, o.on_drain),
+            (EventType::NETEV_EVENT_END, o.on_end),
+        ] {
+            callbacks[ty as usize] = cb;
+        }
+        Ok(Config {
+            callbacks,
+            user_data: HostPtr(o.user_data),
+            user_data_free: o.user_data_free,
+            no_delay: o.no_delay,
+            allow_half_open: o.allow_half_open,
+            keepalive: seconds(o.keepalive, "keepalive")?,
+            idle_timeout: seconds(o.idle_timeout, "idle_timeout")?,
+            connection_timeout: seconds(o.connection_timeout, "connection_timeout")?.unwrap_or(
+                Duration::from_secs(NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS),
+            ),
+            send_buffer_limit: match o.send_buffer_limit {
+                0 => NETEV_DEFAULT_SEND_BUFFER_LIMIT,
+                n => n,
+            },
+            dispatcher,
+        })
+    }
+
+    fn callback(&self, ty: EventType) -> netev_connection_callback {
+        self.callbacks[ty as usize]
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // Defaults never fail validation: no dispatcher, no bad numbers.
+        Config {
+            callbacks: [None; 8],
+            user_data: HostPtr(std::ptr::null_mut()),
+            user_data_free: None,
+            no_delay: false,
+            allow_half_open: false,
+            keepalive: None,
+            idle_timeout: None,
+            connection_timeout: Duration::from_secs(NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS),
+            send_buffer_limit: NETEV_DEFAULT_SEND_BUFFER_LIMIT,
+            dispatcher: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Set once connected; cleared when the connection ends so the fd closes.
+    stream: Option<Arc<TcpStream>>,
+    /// Bytes queued but not yet written: `out[out_off..]`.
+    out: Vec<u8>,
+    out_off: usize,
+    /// No more sends: shut the write side once `out` is written.
+    write_shut_requested: bool,
+    write_shut_done: bool,
+    close_requested: bool,
+    /// The host called shutdown: ends a wait.
+    host_shutdown: bool,
+    /// The `closed` property.
+    closed: bool,
+    /// CLOSE or ERROR is decided: nothing more goes out.
+    finished: bool,
+    /// A send was refused: DRAIN is owed once the queue is low.
+    refused: bool,
+    /// The TERMINATE callback has returned.
+    terminated: bool,
+    host_refs: u32,
+    /// Threads blocked in `wait` (immediate mode).
+    waiters: usize,
+    last_write: Option<Instant>,
+    errors: ErrorList,
+}
+
+impl State {
+    fn queued(&self) -> usize {
+        self.out.len() - self.out_off
+    }
+}
+
+/// One TCP connection: a client one from `open`, or (later) an accepted one.
+pub struct Connection {
+    pub id: netev_connection,
+    address: String,
+    port: u16,
+    listener: netev_listener,
+    cfg: Config,
+    remote: OnceLock<Remote>,
+    state: Mutex<State>,
+    /// Signals waiters in `wait` when no dispatcher is involved.
+    ended: Condvar,
+    /// Wakes the connection's task after the host changed `state`.
+    wake: Notify,
+    /// Dispatcher mode only: read credit given back as DATA callbacks run.
+    credit: Option<Arc<Semaphore>>,
+}
+
+/// How the connection ended.
+enum End {
+    Close,
+    Error(Error),
+}
+
+/// What runs after a callback, on the same thread, in event order.
+#[derive(Clone, Copy)]
+enum After {
+    Nothing,
+    /// After END: shut our write side unless half-open is allowed.
+    AutoShutdown,
+    /// After TERMINATE: free user_data and the handle.
+    Terminated,
+}
+
+thread_local! {
+    /// Each I/O thread's read buffer: connections hold none while idle.
+    static READ_BUF: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+impl Connection {
+    /// Starts connecting to `address`:`port` in the background and returns
+    /// the connection, registered under its handle.
+    pub fn open(address: &str, port: u16, cfg: Config) -> Result<Arc<Connection>> {
+        if port == 0 {
+            return Err(Error::invalid("port 0 is not a valid destination port"));
+        }
+        if address.is_empty() {
+            return Err(Error::invalid("the address is empty"));
+        }
+        let rt = runtime::handle()?;
+        let conn = Arc::new(Connection::new(address.to_owned(), port, 0, cfg, 1));
+        handle::insert(conn.id, Object::Connection(conn.clone()));
+        log!("connection", conn.id, "open {address} port {port}");
+        let task = Finisher::new(conn.clone());
+        let live = LiveTask::new();
+        rt.spawn(async move {
+            let _live = live;
+            task.run().await;
+        });
+        Ok(conn)
+    }
+
+    fn new(address: String, port: u16, listener: u64, cfg: Config, host_refs: u32) -> Connection {
+        let credit = cfg
+            .dispatcher
+            .as_ref()
+            .map(|_| Arc::new(Semaphore::new(READ_CHUNK * READ_CREDIT_CHUNKS)));
+        if let Some(d) = &cfg.dispatcher {
+            d.bind();
+        }
+        Connection {
+            id: handle::next_id(),
+            address,
+            port,
+            listener,
+            cfg,
+            remote: OnceLock::new(),
+            state: Mutex::new(State {
+                host_refs,
+                ..State::default()
+            }),
+            ended: Condvar::new(),
+            wake: Notify::new(),
+            credit,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a failed host call on this connection and returns it.
+    fn refuse(&self, st: &mut State, e: Error) -> Error {
+        st.errors.push(e.clone());
+        e
+    }
+
+    /// Queues `data` (copied) after every byte sent before it.
+    pub fn send(&self, data: &[u8]) -> Result<()> {
+        let mut st = self.lock();
+        if st.write_shut_requested || st.close_requested || st.finished {
+            let e = Error::new(
+                Status::NETEV_ERR_CLOSED,
+                "send after the connection was shut down or closed",
+            );
+            return Err(self.refuse(&mut st, e));
+        }
+        let queued = st.queued();
+        if queued > 0 && queued + data.len() > self.cfg.send_buffer_limit {
+            st.refused = true;
+            let e = Error::new(
+                Status::NETEV_ERR_BUFFER_FULL,
+                format!(
+                    "{} bytes queued + {} would pass the send limit of {}",
+                    queued,
+                    data.len(),
+                    self.cfg.send_buffer_limit
+                ),
+            );
+            return Err(self.refuse(&mut st, e));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut rest = data;
+        // Nothing queued: write now, on the caller's thread, as libuv does;
+        // only what the socket does not take wakes the task.
+        if queued == 0
+            && let Some(s) = &st.stream
+            && let Ok(n) = s.try_write(data)
+        {
+            rest = &data[n..];
+            log!("connection", self.id, "sent {n} bytes");
+            if self.cfg.idle_timeout.is_some() {
+                st.last_write = Some(Instant::now());
+            }
+        }
+        if !rest.is_empty() {
+            if st.out_off == st.out.len() {
+                st.out.clear();
+                st.out_off = 0;
+            }
+            st.out.extend_from_slice(rest);
+            if queued == 0 {
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the write side once queued bytes are written; reading goes on.
+    pub fn shutdown(&self) -> Result<()> {
+        let mut st = self.lock();
+        if st.close_requested || st.finished {
+            let e = Error::new(
+                Status::NETEV_ERR_CLOSED,
+                "shutdown after the connection closed",
+            );
+            return Err(self.refuse(&mut st, e));
+        }
+        st.host_shutdown = true;
+        st.closed = true;
+        if !st.write_shut_requested {
+            st.write_shut_requested = true;
+            log!("connection", self.id, "shutdown requested");
+        }
+        self.wake_waiters(&st);
+        drop(st);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Aborts the connection now: queued bytes are dropped; CLOSE then
+    /// TERMINATE follow (unless it had already ended).
+    pub fn close_now(&self) {
+        let mut st = self.lock();
+        if st.finished || st.close_requested {
+            return;
+        }
+        st.close_requested = true;
+        st.closed = true;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn wake_waiters(&self, st: &State) {
+        if st.waiters > 0 {
+            self.ended.notify_all();
+        }
+        if let Some(d) = &self.cfg.dispatcher {
+            d.wake();
+        }
+    }
+
+    fn wait_done(&self) -> bool {
+        let st = self.lock();
+        st.host_shutdown || st.terminated
+    }
+
+    /// Blocks until the connection has ended (its TERMINATE callback
+    /// returned) or shutdown was called, running its dispatcher's callbacks
+    /// meanwhile. `None` waits without limit; zero only runs what is ready.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
+        let timed_out = || Error::new(Status::NETEV_ERR_TIMEOUT, "the wait timed out");
+        if self.wait_done() {
+            return Ok(());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if let Some(d) = &self.cfg.dispatcher {
+            return match d.run_until(deadline, || self.wait_done())? {
+                true => Ok(()),
+                false => Err(timed_out()),
+            };
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(timed_out());
+        }
+        if runtime::on_runtime_thread() {
+            return Err(Error::new(
+                Status::NETEV_ERR_WOULD_DEADLOCK,
+                "netev_connection_wait inside a callback on a netev I/O thread: \
+                 the events it waits for need this thread",
+            ));
+        }
+        let mut st = self.lock();
+        st.waiters += 1;
+        let result = loop {
+            if st.host_shutdown || st.terminated {
+                break Ok(());
+            }
+            st = match deadline {
+                None => self.ended.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Err(timed_out());
+                    }
+                    self.ended
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        };
+        st.waiters -= 1;
+        result
+    }
+
+    /// Takes one more host reference.
+    pub fn retain(&self) -> Result<()> {
+        let mut st = self.lock();
+        st.host_refs = st
+            .host_refs
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid("too many references"))?;
+        Ok(())
+    }
+
+    /// Gives back one host reference; the last one closes the connection if
+    /// still open, and the handle dies once TERMINATE has returned.
+    pub fn release(&self) -> Result<()> {
+        let mut st = self.lock();
+        if st.host_refs == 0 {
+            return Err(Error::handle(
+                self.id,
+                "connection (no reference left to release)",
+            ));
+        }
+        st.host_refs -= 1;
+        if st.host_refs > 0 {
+            return Ok(());
+        }
+        let terminated = st.terminated;
+        drop(st);
+        if terminated {
+            handle::remove(self.id);
+        } else {
+            self.close_now();
+        }
+        Ok(())
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn closed(&self) -> bool {
+        self.lock().closed
+    }
+    pub fn no_delay(&self) -> bool {
+        self.cfg.no_delay
+    }
+    pub fn listener(&self) -> netev_listener {
+        self.listener
+    }
+    pub fn user_data(&self) -> *mut c_void {
+        self.cfg.user_data.0
+    }
+    pub fn buffered_amount(&self) -> usize {
+        self.lock().queued()
+    }
+    pub fn error_count(&self) -> usize {
+        self.lock().errors.len()
+    }
+    pub fn error_at(&self, index: usize) -> Option<netev_error_info> {
+        self.lock().errors.get(index).map(netev_error_info::from)
+    }
+    pub fn dispatcher_id(&self) -> netev_dispatcher {
+        self.cfg.dispatcher.as_ref().map_or(0, |d| d.id)
+    }
+    /// The remote end, once connected.
+    pub fn remote(&self) -> Remote {
+        self.remote.get().copied().unwrap_or(Remote::UNKNOWN)
+    }
+
+    // ----- delivery -------------------------------------------------------
+
+    /// Delivers one event: at once on this thread, or queued on the
+    /// dispatcher. `data` is copied only when it must outlive this call.
+    fn deliver(
+        self: &Arc<Self>,
+        ty: EventType,
+        data: &[u8],
+        error: Option<&Error>,
+        permit: Option<OwnedSemaphorePermit>,
+        after: After,
+    ) {
+        let cb = self.cfg.callback(ty);
+        if cb.is_none() && matches!(after, After::Nothing) {
+            return;
+        }
+        match &self.cfg.dispatcher {
+            None => {
+                self.invoke(ty, data, error, after);
+            }
+            Some(d) => {
+                let conn = self.clone();
+                let data = data.to_vec();
+                let error = error.cloned();
+                d.post(Box::new(move || {
+                    let ran = conn.invoke(ty, &data, error.as_ref(), after);
+                    drop(permit);
+                    ran
+                }));
+            }
+        }
+    }
+
+    /// Calls the host's callback for `ty`, then the after-action. Returns
+    /// whether a host callback ran.
+    fn invoke(
+        self: &Arc<Self>,
+        ty: EventType,
+        data: &[u8],
+        error: Option<&Error>,
+        after: After,
+    ) -> bool {
+        let cb = self.cfg.callback(ty);
+        if let Some(cb) = cb {
+            let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);
+            let message;
+            if let Some(e) = error {
+                message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
+                ev = ev.with_error(e, &message);
+            }
+            dispatch::guard(|| {
+                // SAFETY: the host registered `cb` for this event type; `ev`
+                // and what it points to live until the call returns.
+                unsafe { cb(self.id, &ev, self.cfg.user_data.0) }
+            });
+        }
+        match after {
+            After::Nothing => {}
+            After::AutoShutdown => {
+                if !self.cfg.allow_half_open {
+                    let mut st = self.lock();
+                    if !st.write_shut_requested {
+                        st.write_shut_requested = true;
+                        log!("connection", self.id, "shutdown after peer end");
+                    }
+                    drop(st);
+                    self.wake.notify_one();
+                }
+            }
+            After::Terminated => self.terminated(),
+        }
+        cb.is_some()
+    }
+
+    fn terminated(&self) {
+        let mut st = self.lock();
+        st.terminated = true;
+        let unowned = st.host_refs == 0;
+        self.wake_waiters(&st);
+        drop(st);
+        log!("connection", self.id, "terminate");
+        if let Some(free) = self.cfg.user_data_free {
+            dispatch::guard(|| {
+                // SAFETY: the host gave this function to free its own
+                // pointer; TERMINATE is the last use, so it runs once, here.
+                unsafe { free(self.cfg.user_data.0) }
+            });
+        }
+        if let Some(d) = &self.cfg.dispatcher {
+            d.unbind();
+        }
+        if unowned {
+            handle::remove(self.id);
+        }
+    }
+
+    /// Ends the connection: CLOSE or ERROR, then TERMINATE, exactly once.
+    fn finish(self: &Arc<Self>, end: End) {
+        {
+            let mut st = self.lock();
+            st.finished = true;
+            st.closed = true;
+            st.stream = None;
+            st.out = Vec::new();
+            st.out_off = 0;
+            if let End::Error(e) = &end {
+                st.errors.push(e.clone());
+            }
+        }
+        match &end {
+            End::Close => {
+                log!("connection", self.id, "close");
+                self.deliver(
+                    EventType::NETEV_EVENT_CLOSE,
+                    &[],
+                    None,
+                    None,
+                    After::Nothing,
+                );
+            }
+            End::Error(e) => {
+                log!("connection", self.id, "error {e}");
+                self.deliver(
+                    EventType::NETEV_EVENT_ERROR,
+                    &[],
+                    Some(e),
+                    None,
+                    After::Nothing,
+                );
+            }
+        }
+        self.deliver(
+            EventType::NETEV_EVENT_TERMINATE,
+            &[],
+            None,
+            None,
+            After::Terminated,
+        );
+    }
+
+    // ----- the task -------------------------------------------------------
+
+    fn close_requested(&self) -> bool {
+        self.lock().close_requested
+    }
+
+    /// Resolves the address and tries each result in turn, all within the
+    /// connection timeout.
+    async fn connect(&self) -> Result<TcpStream> {
+        let attempt = async {
+            let addrs = tokio::net::lookup_host((self.address.as_str(), self.port))
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        Status::NETEV_ERR_HOST_NOT_FOUND,
+                        format!("cannot resolve {}: {e}", self.address),
+                    )
+                    .component("dns")
+                })?;
+            let mut last = None;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(Error::io(&e, &format!("connect to {addr}"))),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                Error::new(
+                    Status::NETEV_ERR_HOST_NOT_FOUND,
+                    format!("{} has no address", self.address),
+                )
+                .component("dns")
+            }))
+        };
+        let limit = self.cfg.connection_timeout;
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                Status::NETEV_ERR_TIMEOUT,
+                format!(
+                    "connecting to {} port {} took longer than {:.3} s",
+                    self.address,
+                    self.port,
+                    limit.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    async fn until_close_requested(&self) {
+        while !self.close_requested() {
+            self.wake.notified().await;
+        }
+    }
+
+    fn configure(&self, s: &TcpStream) -> Result<()> {
+        if self.cfg.no_delay {
+            s.set_nodelay(true)
+                .map_err(|e| Error::io(&e, "cannot set TCP_NODELAY"))?;
+        }
+        if let Some(t) = self.cfg.keepalive {
+            let ka = socket2::TcpKeepalive::new().with_time(t);
+            socket2::SockRef::from(s)
+                .set_tcp_keepalive(&ka)
+                .map_err(|e| Error::io(&e, "cannot set keepalive"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes, shuts the write side when asked and
+    /// the queue is empty, and owes a DRAIN when a refused queue fell low.
+    /// Returns whether a DRAIN is due.
+    fn flush(&self, s: &TcpStream) -> Result<bool> {
+        let mut st = self.lock();
+        let before = st.queued();
+        while st.out_off < st.out.len() {
+            match s.try_write(&st.out[st.out_off..]) {
+                Ok(n) => st.out_off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(Error::io(&e, "write")),
+            }
+        }
+        let written = before - st.queued();
+        if written > 0 {
+            log!("connection", self.id, "sent {written} bytes");
+            if self.cfg.idle_timeout.is_some() {
+                st.last_write = Some(Instant::now());
+            }
+        }
+        if st.out_off == st.out.len() {
+            st.out_off = 0;
+            if st.out.capacity() > READ_CHUNK {
+                st.out = Vec::new();
+            } else {
+                st.out.clear();
+            }
+        }
+        let drain = st.refused && st.queued() <= self.cfg.send_buffer_limit / 2;
+        if drain {
+            st.refused = false;
+        }
+        if st.queued() == 0 && st.write_shut_requested && !st.write_shut_done {
+            socket2::SockRef::from(s)
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| Error::io(&e, "shutdown"))?;
+            st.write_shut_done = true;
+            log!("connection", self.id, "write side shut down");
+        }
+        Ok(drain)
+    }
+
+    /// Reads what is ready (a few chunks at most), delivering DATA. Returns
+    /// Ok(true) at end of stream.
+    fn read_ready(
+        self: &Arc<Self>,
+        s: &TcpStream,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        last_read: &mut Instant,
+    ) -> Result<bool> {
+        let mut buf = READ_BUF
+            .take()
+            .unwrap_or_else(|| vec![0u8; READ_CHUNK].into_boxed_slice());
+        let mut result = Ok(false);
+        for _ in 0..READS_PER_TURN {
+            if self.credit.is_some() && permit.is_none() {
+                break;
+            }
+            match s.try_read(&mut buf) {
+                Ok(0) => {
+                    result = Ok(true);
+                    break;
+                }
+                Ok(n) => {
+                    log!("connection", self.id, "received {n} bytes");
+                    if self.cfg.idle_timeout.is_some() {
+                        *last_read = Instant::now();
+                    }
+                    self.deliver(
+                        EventType::NETEV_EVENT_DATA,
+                        &buf[..n],
+                        None,
+                        permit.take(),
+                        After::Nothing,
+                    );
+                    if self.close_requested() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    result = Err(Error::io(&e, "read"));
+                    break;
+                }
+            }
+        }
+        READ_BUF.set(Some(buf));
+        result
+    }
+
+    async fn serve(self: &Arc<Self>, s: Arc<TcpStream>) -> End {
+        let mut peer_ended = false;
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut last_read = Instant::now();
+        let idle = self.cfg.idle_timeout;
+        let sleep = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(sleep);
+        loop {
+            let drain = match self.flush(&s) {
+                Ok(d) => d,
+                Err(e) => return End::Error(e),
+            };
+            if drain {
+                self.deliver(
+                    EventType::NETEV_EVENT_DRAIN,
+                    &[],
+                    None,
+                    None,
+                    After::Nothing,
+                );
+            }
+            let (want_write, shut_done, close) = {
+                let st = self.lock();
+                (st.queued() > 0, st.write_shut_done, st.close_requested)
+            };
+            if close {
+                return End::Close;
+            }
+            if peer_ended && shut_done {
+                return End::Close;
+            }
+            let reading = !peer_ended;
+            let need_credit = reading && self.credit.is_some() && permit.is_none();
+            let can_read = reading && !need_credit;
+            tokio::select! {
+                biased;
+                _ = self.wake.notified() => {}
+                p = acquire(&self.credit), if need_credit => permit = p,
+                r = s.readable(), if can_read => {
+                    if let Err(e) = r {
+                        return End::Error(Error::io(&e, "read"));
+                    }
+                    match self.read_ready(&s, &mut permit, &mut last_read) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            peer_ended = true;
+                            permit = None;
+                            log!("connection", self.id, "peer ended");
+                            if !self.cfg.allow_half_open {
+                                self.lock().closed = true;
+                            }
+                            self.deliver(EventType::NETEV_EVENT_END, &[], None, None, After::AutoShutdown);
+                        }
+                        Err(e) => return End::Error(e),
+                    }
+                }
+                r = s.writable(), if want_write => {
+                    if let Err(e) = r {
+                        return End::Error(Error::io(&e, "write"));
+                    }
+                }
+                _ = &mut sleep, if idle.is_some() => {
+                    let limit = idle.unwrap_or_default();
+                    let last_write = self.lock().last_write.unwrap_or(last_read);
+                    let last = last_read.max(last_write);
+                    if last.elapsed() >= limit {
+                        return End::Error(Error::new(
+                            Status::NETEV_ERR_TIMEOUT,
+                            format!("no traffic for {:.3} s", limit.as_secs_f64()),
+                        ));
+                    }
+                    sleep.as_mut().reset((last + limit).into());
+                }
+            }
+        }
+    }
+}
+
+async fn acquire(credit: &Option<Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
+    match credit {
+        Some(c) => c.clone().acquire_many_owned(READ_CHUNK as u32).await.ok(),
+        None => None,
+    }
+}
+
+/// Owns a connection's task. Whatever ends the task — its own end, a
+/// panic, the runtime dropping it at shutdown — the connection still gets
+/// its CLOSE or ERROR and its TERMINATE, once.
+struct Finisher {
+    conn: Arc<Connection>,
+    done: bool,
+}
+
+impl Finisher {
+    fn new(conn: Arc<Connection>) -> Finisher {
+        Finisher { conn, done: false }
+    }
+
+    fn finish(&mut self, end: End) {
+        if !self.done {
+            self.done = true;
+            self.conn.finish(end);
+        }
+    }
+
+    async fn run(mut self) {
+        let conn = self.conn.clone();
+        let stream = tokio::select! {
+            biased;
+            _ = conn.until_close_requested() => return self.finish(End::Close),
+            r = conn.connect() => r,
+        };
+        let stream = match stream.and_then(|s| conn.configure(&s).map(|_| s)) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return self.finish(End::Error(e)),
+        };
+        if let Ok(peer) = stream.peer_addr() {
+            let _ = conn.remote.set(Remote::new(peer));
+        }
+        {
+            let mut st = conn.lock();
+            if st.close_requested {
+                drop(st);
+                return self.finish(End::Close);
+            }
+            st.stream = Some(stream.clone());
+        }
+        log!(
+            "connection",
+            conn.id,
+            "connected to {}",
+            conn.remote().ip_string()
+        );
+        conn.deliver(
+            EventType::NETEV_EVENT_CONNECTION,
+            &[],
+            None,
+            None,
+            After::Nothing,
+        );
+        let end = conn.serve(stream).await;
+        self.finish(end);
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        self.finish(End::Close);
+    }
+}

@@ -1,0 +1,526 @@
+//! The C ABI: every export checks and converts its arguments, then calls
+//! the safe core, inside one panic boundary.
+
+use crate::connection::{Config, Connection, netev_connection_options, seconds};
+use crate::dispatch::Dispatcher;
+use crate::error::{Error, Result, Status, netev_error_info, netev_status};
+use crate::event::EventType;
+use crate::handle::{self, netev_connection, netev_dispatcher, netev_listener};
+use crate::log;
+use crate::runtime::{self, netev_runtime_options};
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+/// Runs one export's body: its error becomes the thread's last error and
+/// the returned status; a panic becomes NETEV_ERR_INTERNAL.
+fn boundary(f: impl FnOnce() -> Result<()>) -> netev_status {
+    let e = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return Status::NETEV_OK,
+        Ok(Err(e)) => e,
+        Err(_) => Error::new(
+            Status::NETEV_ERR_INTERNAL,
+            "a panic inside netev was caught; please report it",
+        ),
+    };
+    crate::error::set_last(&e);
+    e.code
+}
+
+/// Stores `value` through a required out-pointer.
+fn put<T>(out: *mut T, name: &str, value: T) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::null(name));
+    }
+    // SAFETY: non-NULL was checked; the host promises it points at a T it
+    // owns, as the header documents for every out-pointer.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+/// Checks an out-pointer before any work, so a failing call has no effect.
+fn need<T>(p: *const T, name: &str) -> Result<()> {
+    if p.is_null() {
+        Err(Error::null(name))
+    } else {
+        Ok(())
+    }
+}
+
+/// A NUL-terminated UTF-8 string from the host.
+fn text<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
+    need(p, name)?;
+    // SAFETY: non-NULL was checked; the host promises a NUL-terminated
+    // string that stays valid for the duration of the call.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str()
+        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
+}
+
+/// Copies `s` into a host buffer snprintf-style; returns the full length.
+fn copy_out(s: &str, buf: *mut c_char, capacity: usize) -> Result<usize> {
+    if capacity > 0 {
+        need(buf, "buf")?;
+        // SAFETY: non-NULL was checked; the host promises `capacity`
+        // writable bytes at `buf`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf, capacity) };
+        crate::error::copy_cstr(dst, s);
+    }
+    Ok(s.len())
+}
+
+/// Reads an options struct whose first field is its `size`: an older host's
+/// smaller struct is completed with defaults, a newer one's extra fields are
+/// ignored. A size below the first field means the struct was never initialised.
+fn read_options<T: Copy + Default>(p: *const T, name: &str) -> Result<T> {
+    let mut value = T::default();
+    if p.is_null() {
+        return Ok(value);
+    }
+    // SAFETY: non-NULL was checked; every options struct starts with a u32
+    // `size`, and read_unaligned tolerates any alignment.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    if size < std::mem::size_of::<u64>() * 2 {
+        return Err(Error::invalid(format!(
+            "{name}.size is {size}: initialise it with its _init function"
+        )));
+    }
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: the host's struct has at least `size` readable bytes (that is
+    // what the field says) and `value` has size_of::<T>() >= n writable ones;
+    // they do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut value as *mut T).cast::<u8>(), n);
+    }
+    Ok(value)
+}
+
+/// A wait timeout: negative is no limit, NaN is invalid.
+fn wait_timeout(t: f64) -> Result<Option<Duration>> {
+    if t.is_nan() {
+        return Err(Error::invalid("the timeout is NaN"));
+    }
+    if t < 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(seconds(t, "timeout")?.unwrap_or(Duration::ZERO)))
+}
+
+fn status_name(status: i32) -> *const c_char {
+    Status::name_of(status).as_ptr().cast()
+}
+
+// ----- status and names ---------------------------------------------------
+
+/// The identifier of a status ("NETEV_ERR_TIMEOUT"), or
+/// "NETEV_UNKNOWN_STATUS" for a value that is not one. Static, never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_status_name(status: i32) -> *const c_char {
+    status_name(status)
+}
+
+/// The 4D name of an event type: "connection", "data", "error", "close",
+/// "terminate", "drain", "end"; "unknown" otherwise. Static, never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_event_type_name(r#type: i32) -> *const c_char {
+    EventType::name_of(r#type).as_ptr().cast()
+}
+
+/// Copies the calling thread's last failure, in words, into `buf` (cut to
+/// fit, always NUL-terminated when `capacity` > 0) and returns the length
+/// it needs without the NUL. A successful call leaves it unchanged. `buf`
+/// may be NULL when `capacity` is 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_last_error_message(buf: *mut c_char, capacity: usize) -> usize {
+    catch_unwind(|| crate::error::with_last(|m| copy_out(m, buf, capacity).unwrap_or(m.len())))
+        .unwrap_or(0)
+}
+
+/// The version, "MAJOR.MINOR.PATCH". Static, never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_version() -> *const c_char {
+    crate::VERSION.as_ptr().cast()
+}
+
+// ----- connections --------------------------------------------------------
+
+/// Fills `options` with the defaults: every callback, pointer and handle
+/// NULL/0, every bool false, every number 0 (the documented default), and
+/// `size`. Returns NETEV_ERR_NULL_ARGUMENT if `options` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_options_init(
+    options: *mut netev_connection_options,
+) -> netev_status {
+    boundary(|| put(options, "options", netev_connection_options::default()))
+}
+
+/// Opens a client connection to `address` (a host name, or an IPv4 or IPv6
+/// literal) and `port`, and stores its handle in `*out`. Returns at once:
+/// name lookup and connect run in the background, trying each address the
+/// name resolves to in turn, all within `connection_timeout`. A failure
+/// then arrives as ERROR and TERMINATE and lands in the errors list.
+///
+/// `options` may be NULL for the defaults; netev copies it. The caller owns
+/// the handle and gives it back with `netev_connection_release`.
+///
+/// Callbacks run on netev's I/O threads, or on the thread that runs the
+/// dispatcher named in `options`.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`address` or `out` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (invalid UTF-8, empty address, port 0, a
+/// negative or NaN number of seconds, `size` not set),
+/// NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
+/// NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_open(
+    address: *const c_char,
+    port: u16,
+    options: *const netev_connection_options,
+    out: *mut netev_connection,
+) -> netev_status {
+    boundary(|| {
+        let address = text(address, "address")?;
+        need(out, "out")?;
+        let options = read_options(options, "options")?;
+        let conn = Connection::open(address, port, Config::from_options(&options)?)?;
+        put(out, "out", conn.id)
+    })
+}
+
+/// Queues a copy of `len` bytes at `data` for sending, after every byte
+/// queued before it (from any thread). Bytes sent before the connection is
+/// established go out once it is. `data` may be NULL when `len` is 0.
+///
+/// Returns NETEV_ERR_CLOSED after shutdown or close; NETEV_ERR_BUFFER_FULL
+/// when the queued bytes plus `len` would pass `send_buffer_limit` (a send
+/// into an empty queue is always taken): nothing of the call is queued, and
+/// one DRAIN follows once the queue falls to half the limit.
+/// NETEV_ERR_INVALID_HANDLE, NETEV_ERR_NULL_ARGUMENT otherwise.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_send(
+    conn: netev_connection,
+    data: *const c_void,
+    len: usize,
+) -> netev_status {
+    boundary(|| {
+        let c = handle::connection(conn)?;
+        if len == 0 {
+            return c.send(&[]);
+        }
+        need(data, "data")?;
+        // SAFETY: non-NULL was checked; the host promises `len` readable
+        // bytes at `data` for the duration of the call.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };
+        c.send(bytes)
+    })
+}
+
+/// Closes the write side once every byte already queued is written;
+/// reading goes on until the peer closes, then CLOSE and TERMINATE. Ends
+/// any wait on the connection. Calling it again is harmless.
+/// Returns NETEV_ERR_CLOSED after close or once the connection ended,
+/// NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_shutdown(conn: netev_connection) -> netev_status {
+    boundary(|| handle::connection(conn)?.shutdown())
+}
+
+/// Waits until the connection has ended (its TERMINATE callback returned)
+/// or shutdown was called on it, at most `timeout_seconds` (< 0: no limit;
+/// 0: only run what is ready). If the connection has a dispatcher, its
+/// queued callbacks run on the calling thread meanwhile.
+///
+/// Returns NETEV_OK, NETEV_ERR_TIMEOUT, NETEV_ERR_INVALID_ARGUMENT (NaN),
+/// NETEV_ERR_INVALID_HANDLE, or NETEV_ERR_WOULD_DEADLOCK when called where
+/// it could never finish: inside a callback on a netev I/O thread, or
+/// inside a callback of the dispatcher it would have to run.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_wait(
+    conn: netev_connection,
+    timeout_seconds: f64,
+) -> netev_status {
+    boundary(|| {
+        let t = wait_timeout(timeout_seconds)?;
+        handle::connection(conn)?.wait(t)
+    })
+}
+
+/// Aborts the connection now: unsent queued bytes are dropped, and CLOSE
+/// then TERMINATE follow (never ERROR). Harmless on a connection that
+/// already ended. The handle stays valid until released.
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_close(conn: netev_connection) -> netev_status {
+    boundary(|| {
+        handle::connection(conn)?.close_now();
+        Ok(())
+    })
+}
+
+/// Takes one more reference to the connection: its handle stays valid
+/// until a matching `netev_connection_release`. Use it to keep a connection
+/// accepted by a listener past its TERMINATE.
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_retain(conn: netev_connection) -> netev_status {
+    boundary(|| handle::connection(conn)?.retain())
+}
+
+/// Gives back a reference taken by `netev_connection_open` or
+/// `netev_connection_retain`. The last one closes the connection if it is
+/// still open (CLOSE and TERMINATE still fire, once) and frees it: the
+/// handle stays usable inside those last callbacks, then is invalid.
+/// Returns NETEV_ERR_INVALID_HANDLE for an unknown handle or when no
+/// reference is left to give back (a double release).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_release(conn: netev_connection) -> netev_status {
+    boundary(|| handle::connection(conn)?.release())
+}
+
+/// Copies the address as given to open (name or IP) into `buf`, cut to
+/// fit and NUL-terminated when `capacity` > 0, and stores the full length
+/// without the NUL in `*needed`. `buf` may be NULL when `capacity` is 0.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_address(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    boundary(|| {
+        need(needed, "needed")?;
+        let c = handle::connection(conn)?;
+        let n = copy_out(c.address(), buf, capacity)?;
+        put(needed, "needed", n)
+    })
+}
+
+/// Stores one property of a live connection through a required out-pointer.
+fn property<T>(
+    conn: netev_connection,
+    out: *mut T,
+    get: impl FnOnce(&Connection) -> T,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let c = handle::connection(conn)?;
+        put(out, "out", get(&c))
+    })
+}
+
+/// The port given to open (for an accepted connection, the local port).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_port(conn: netev_connection, out: *mut u16) -> netev_status {
+    property(conn, out, |c| c.port())
+}
+
+/// True once shutdown or close was called, the peer ended (unless
+/// half-open is allowed), or the connection closed or failed.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_closed(conn: netev_connection, out: *mut bool) -> netev_status {
+    property(conn, out, |c| c.closed())
+}
+
+/// Whether TCP_NODELAY was asked for.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_no_delay(
+    conn: netev_connection,
+    out: *mut bool,
+) -> netev_status {
+    property(conn, out, |c| c.no_delay())
+}
+
+/// The listener that accepted the connection; 0 for a client connection.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_listener(
+    conn: netev_connection,
+    out: *mut netev_listener,
+) -> netev_status {
+    property(conn, out, |c| c.listener())
+}
+
+/// The `user_data` given in the options.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_user_data(
+    conn: netev_connection,
+    out: *mut *mut c_void,
+) -> netev_status {
+    property(conn, out, |c| c.user_data())
+}
+
+/// Bytes queued by send but not yet written to the socket.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_buffered_amount(
+    conn: netev_connection,
+    out: *mut usize,
+) -> netev_status {
+    property(conn, out, |c| c.buffered_amount())
+}
+
+/// How many entries the errors list holds (the newest 64 are kept).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_error_count(
+    conn: netev_connection,
+    out: *mut usize,
+) -> netev_status {
+    property(conn, out, |c| c.error_count())
+}
+
+/// Copies entry `index` (0 = oldest) of the errors list into `*out`.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+/// NETEV_ERR_INVALID_ARGUMENT when `index` >= the error count.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_error_at(
+    conn: netev_connection,
+    index: usize,
+    out: *mut netev_error_info,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let c = handle::connection(conn)?;
+        let info = c.error_at(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "index {index} is out of range ({} errors)",
+                c.error_count()
+            ))
+        })?;
+        put(out, "out", info)
+    })
+}
+
+// ----- dispatchers --------------------------------------------------------
+
+/// Creates a dispatcher and stores its handle in `*out`. Name it in
+/// options to have those objects' callbacks queued here and run by
+/// `netev_dispatcher_run` (or a wait) on the host's thread. The caller owns
+/// it and gives it back with `netev_dispatcher_release`.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_IO (no descriptor left).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_dispatcher_create(out: *mut netev_dispatcher) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let d = Dispatcher::create()?;
+        put(out, "out", d.id)
+    })
+}
+
+/// Runs the queued callbacks on the calling thread, waiting up to
+/// `timeout_seconds` (< 0: no limit) for the first; stores how many
+/// callbacks ran in `*ran` (which may be NULL). Another thread running the
+/// same dispatcher makes this one wait its turn, so one object's callbacks
+/// never overlap.
+/// Returns NETEV_ERR_INVALID_HANDLE, NETEV_ERR_INVALID_ARGUMENT (NaN),
+/// NETEV_ERR_WOULD_DEADLOCK when called inside one of its own callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_dispatcher_run(
+    d: netev_dispatcher,
+    timeout_seconds: f64,
+    ran: *mut usize,
+) -> netev_status {
+    boundary(|| {
+        let t = wait_timeout(timeout_seconds)?;
+        let n = handle::dispatcher(d)?.run(t)?;
+        if !ran.is_null() {
+            put(ran, "ran", n)?;
+        }
+        Ok(())
+    })
+}
+
+/// Stores in `*fd` a descriptor that is readable while callbacks are
+/// queued: add it to poll/epoll/select, libuv or GLib and call
+/// `netev_dispatcher_run` when it fires. netev owns it: never read,
+/// write or close it. Valid until the dispatcher is released.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_dispatcher_fd(d: netev_dispatcher, fd: *mut c_int) -> netev_status {
+    boundary(|| {
+        need(fd, "fd")?;
+        let d = handle::dispatcher(d)?;
+        put(fd, "fd", d.fd())
+    })
+}
+
+/// Releases the dispatcher: the handle is invalid at once, every
+/// connection bound to it is closed, and their last callbacks (CLOSE,
+/// TERMINATE) run on the calling thread before this returns (at most 5 s;
+/// inside one of its own callbacks, when that batch ends). Callbacks that
+/// come later still run, on netev's I/O threads.
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_dispatcher_release(d: netev_dispatcher) -> netev_status {
+    boundary(|| {
+        handle::dispatcher(d)?.release();
+        Ok(())
+    })
+}
+
+// ----- runtime and log ----------------------------------------------------
+
+/// Fills `options` with the defaults (`worker_threads` 0: one per core).
+/// Returns NETEV_ERR_NULL_ARGUMENT.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_runtime_options_init(options: *mut netev_runtime_options) -> netev_status {
+    boundary(|| put(options, "options", netev_runtime_options::default()))
+}
+
+/// Starts netev's runtime with `options` (NULL: defaults). Optional: the
+/// first open starts it with defaults.
+/// Returns NETEV_ERR_INVALID_ARGUMENT when it already runs (shut it down
+/// first) or the options are bad, NETEV_ERR_SHUTDOWN in a forked child.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_runtime_init(options: *const netev_runtime_options) -> netev_status {
+    boundary(|| runtime::init(&read_options(options, "options")?))
+}
+
+/// Ends every open object — each TERMINATE runs once — and stops netev's
+/// threads, waiting at most `timeout_seconds` (< 0: no limit) for objects
+/// to finish. Callbacks of dispatcher-bound objects still queued run on the
+/// calling thread. Handles stay valid until released; a later call starts
+/// afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+/// NETEV_ERR_INVALID_ARGUMENT (NaN).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_runtime_shutdown(timeout_seconds: f64) -> netev_status {
+    boundary(|| runtime::shutdown(wait_timeout(timeout_seconds)?))
+}
+
+/// Appends the lifecycle log to the file at `path` (created if needed),
+/// replacing any log file already open. The NETEV_LOG_FILE environment
+/// variable does the same when the runtime starts.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (UTF-8),
+/// NETEV_ERR_PERMISSION_DENIED or NETEV_ERR_IO when it cannot be opened.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_log_open(path: *const c_char) -> netev_status {
+    boundary(|| log::open(text(path, "path")?))
+}
+
+/// Closes the log file, if one is open.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_log_close() -> netev_status {
+    boundary(|| {
+        log::close();
+        Ok(())
+    })
+}
+
+/// Hands every log line to `callback` with `user_data` (NULL removes it).
+/// It may run on any thread, concurrently; the line is borrowed until it
+/// returns.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_log_set_callback(
+    callback: log::netev_log_callback,
+    user_data: *mut c_void,
+) -> netev_status {
+    boundary(|| {
+        log::set_callback(callback, user_data);
+        Ok(())
+    })
+}

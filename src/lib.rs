@@ -1,0 +1,35 @@
+//! netev: event-driven TCP for C hosts, modelled on 4D's TCPConnection,
+//! TCPListener and TCPEvent classes.
+//!
+//! The safe core (`connection`, `dispatch`, `runtime`, …) is usable from
+//! Rust; `ffi` is the C ABI described by `include/netev.h`.
+
+pub mod connection;
+pub mod dispatch;
+pub mod error;
+pub mod event;
+pub mod ffi;
+pub mod handle;
+pub mod log;
+pub mod runtime;
+
+pub const NETEV_VERSION_MAJOR: u32 = 0;
+pub const NETEV_VERSION_MINOR: u32 = 1;
+pub const NETEV_VERSION_PATCH: u32 = 0;
+
+/// "MAJOR.MINOR.PATCH", NUL-terminated for `netev_version`.
+pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_constants_match_the_package() {
+        let v = format!(
+            "{}.{}.{}\0",
+            super::NETEV_VERSION_MAJOR,
+            super::NETEV_VERSION_MINOR,
+            super::NETEV_VERSION_PATCH
+        );
+        assert_eq!(v, super::VERSION);
+    }
+}

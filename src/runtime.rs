@@ -1,0 +1,227 @@
+//! The global tokio runtime: started lazily, shut down on request, and
+//! never dropped from one of its own threads.
+
+use crate::error::{Error, Result, Status};
+use crate::handle::{self, Object};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+use tokio::runtime::{Handle, Runtime};
+
+/// Runtime settings a host may give before first use.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct netev_runtime_options {
+    /// sizeof(netev_runtime_options), set by netev_runtime_options_init.
+    pub size: u32,
+    /// I/O threads; 0 = one per core.
+    pub worker_threads: u32,
+}
+
+impl Default for netev_runtime_options {
+    fn default() -> Self {
+        netev_runtime_options {
+            size: std::mem::size_of::<Self>() as u32,
+            worker_threads: 0,
+        }
+    }
+}
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+static WORKERS: AtomicU32 = AtomicU32::new(0);
+static FORKED: AtomicBool = AtomicBool::new(false);
+static ATFORK: Once = Once::new();
+
+thread_local! {
+    static ON_RUNTIME: Cell<bool> = const { Cell::new(false) };
+}
+
+extern "C" fn after_fork_in_child() {
+    FORKED.store(true, Ordering::SeqCst);
+}
+
+/// True in a child process created by fork() after netev started: the
+/// parent's threads do not exist there, so nothing of the parent can work.
+pub fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
+/// True on netev's own I/O threads, where blocking would stall the I/O
+/// that the blocked call is waiting for.
+pub fn on_runtime_thread() -> bool {
+    ON_RUNTIME.with(|c| c.get())
+}
+
+fn shut_down_error() -> Error {
+    Error::new(
+        Status::NETEV_ERR_SHUTDOWN,
+        "this process was forked: netev cannot run in the child",
+    )
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Runtime>> {
+    RUNTIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn build() -> Result<Runtime> {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a plain function with no captured state; it
+        // only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+    });
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let workers = WORKERS.load(Ordering::Relaxed);
+    if workers > 0 {
+        b.worker_threads(workers as usize);
+    }
+    b.thread_name("netev-io")
+        .enable_io()
+        .enable_time()
+        .on_thread_start(|| ON_RUNTIME.with(|c| c.set(true)))
+        .build()
+        .map_err(|e| Error::io(&e, "cannot start the runtime"))
+}
+
+/// The runtime's handle, starting the runtime on first use.
+pub fn handle() -> Result<Handle> {
+    if forked() {
+        return Err(shut_down_error());
+    }
+    let mut rt = lock();
+    if let Some(rt) = rt.as_ref() {
+        return Ok(rt.handle().clone());
+    }
+    let started = build()?;
+    let h = started.handle().clone();
+    *rt = Some(started);
+    drop(rt);
+    crate::log::start_from_env();
+    Ok(h)
+}
+
+/// Starts the runtime with `options`. Fails with INVALID_ARGUMENT when it
+/// already runs: settings only apply to a fresh start.
+pub fn init(options: &netev_runtime_options) -> Result<()> {
+    if forked() {
+        return Err(shut_down_error());
+    }
+    if options.worker_threads > 1024 {
+        return Err(Error::invalid("worker_threads is above 1024"));
+    }
+    let mut rt = lock();
+    if rt.is_some() {
+        return Err(Error::invalid(
+            "the runtime is already running; netev_runtime_shutdown first",
+        ));
+    }
+    WORKERS.store(options.worker_threads, Ordering::Relaxed);
+    *rt = Some(build()?);
+    drop(rt);
+    crate::log::start_from_env();
+    Ok(())
+}
+
+/// Counts connection tasks still running, so shutdown can wait for their
+/// last events instead of cutting them off.
+static LIVE: Mutex<usize> = Mutex::new(0);
+static LIVE_CHANGED: Condvar = Condvar::new();
+
+/// Held by each running task; dropping it marks the task finished.
+pub struct LiveTask(());
+
+impl LiveTask {
+    pub fn new() -> LiveTask {
+        *LIVE.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        LiveTask(())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        let mut n = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        LIVE_CHANGED.notify_all();
+    }
+}
+
+fn live_tasks() -> usize {
+    *LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ends every open object (each TERMINATE runs once), then stops netev's
+/// threads. Callbacks of dispatcher-bound objects still queued run on the
+/// calling thread. A later call starts a fresh runtime.
+pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
+    if forked() {
+        return Err(shut_down_error());
+    }
+    if on_runtime_thread() {
+        return Err(Error::new(
+            Status::NETEV_ERR_WOULD_DEADLOCK,
+            "netev_runtime_shutdown called on a netev I/O thread (inside a callback)",
+        ));
+    }
+    if crate::dispatch::running_on_this_thread() {
+        return Err(Error::new(
+            Status::NETEV_ERR_WOULD_DEADLOCK,
+            "netev_runtime_shutdown called inside a dispatcher callback",
+        ));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let objects = handle::all();
+    for obj in &objects {
+        if let Object::Connection(c) = obj {
+            c.close_now();
+        }
+    }
+    let dispatchers: Vec<_> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Dispatcher(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    // Let every task deliver its last events while dispatcher-bound ones
+    // are run here.
+    loop {
+        for d in &dispatchers {
+            d.run_ready();
+        }
+        if live_tasks() == 0 {
+            break;
+        }
+        let slice = Duration::from_millis(5);
+        let wait = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break;
+                }
+                slice.min(d - now)
+            }
+            None => slice,
+        };
+        let n = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        if *n > 0 {
+            let _ = LIVE_CHANGED.wait_timeout(n, wait);
+        }
+    }
+    let rt = lock().take();
+    if let Some(rt) = rt {
+        // Tasks still alive past the deadline are dropped here; their guards
+        // deliver CLOSE and TERMINATE so no object misses its last event.
+        let left = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1));
+        rt.shutdown_timeout(left);
+    }
+    for d in &dispatchers {
+        d.run_ready();
+    }
+    crate::log::stop();
+    Ok(())
+}
