@@ -295,7 +295,7 @@ impl Connection {
         handle::insert(conn.id, Object::Connection(conn.clone()));
         log!("connection", conn.id, "open {address} port {port}");
         let task = Finisher::new(conn.clone());
-        let live = LiveTask::new();
+        let live = LiveTask::start();
         rt.spawn(async move {
             let _live = live;
             task.run().await;
@@ -407,8 +407,7 @@ impl Connection {
             st.write_shut_requested = true;
             log!("connection", self.id, "shutdown requested");
         }
-        self.wake_waiters(&st);
-        drop(st);
+        self.wake_waiters(st);
         self.wake.notify_one();
         Ok(())
     }
@@ -426,10 +425,14 @@ impl Connection {
         self.wake.notify_one();
     }
 
-    fn wake_waiters(&self, st: &State) {
+    /// Wakes threads in `wait` after a change to what they wait for. The
+    /// state lock is released before the dispatcher's is taken: a waiter
+    /// running the dispatcher takes them in the other order.
+    fn wake_waiters(&self, st: MutexGuard<'_, State>) {
         if st.waiters > 0 {
             self.ended.notify_all();
         }
+        drop(st);
         if let Some(d) = &self.cfg.dispatcher {
             d.wake();
         }
@@ -636,8 +639,7 @@ impl Connection {
         let mut st = self.lock();
         st.terminated = true;
         let unowned = st.host_refs == 0;
-        self.wake_waiters(&st);
-        drop(st);
+        self.wake_waiters(st);
         log!("connection", self.id, "terminate");
         if let Some(free) = self.cfg.user_data_free {
             dispatch::guard(|| {

@@ -134,7 +134,7 @@ static LIVE_CHANGED: Condvar = Condvar::new();
 pub struct LiveTask(());
 
 impl LiveTask {
-    pub fn new() -> LiveTask {
+    pub fn start() -> LiveTask {
         *LIVE.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         LiveTask(())
     }
