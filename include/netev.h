@@ -301,6 +301,74 @@ typedef struct netev_error_info {
 } netev_error_info;
 
 /**
+ * Decides on one incoming connection. `event` (type CONNECTION) carries the
+ * peer's ip and port and, in `connection`, the handle the connection will
+ * have; it becomes valid once this returns true. `options` is pre-filled
+ * from the listener's `connection_defaults`: edit it and return true to
+ * accept, or return false to close the socket at once.
+ */
+typedef bool (*netev_accept_callback)(netev_listener listener,
+                                      const struct netev_event *event,
+                                      void *user_data,
+                                      struct netev_connection_options *options);
+
+/**
+ * Receives a listener's ERROR or TERMINATE event, borrowed until it returns.
+ */
+typedef void (*netev_listener_callback)(netev_listener listener,
+                                        const struct netev_event *event,
+                                        void *user_data);
+
+/**
+ * How a listener behaves. Fill it with `netev_listener_options_init`;
+ * netev copies it (and `bind_address`) during the open call.
+ */
+typedef struct netev_listener_options {
+  /**
+   * sizeof(netev_listener_options), set by netev_listener_options_init.
+   */
+  uint32_t size;
+  /**
+   * Accept or reject each incoming connection; NULL accepts with
+   * `connection_defaults`.
+   */
+  netev_accept_callback on_connection;
+  /**
+   * ERROR: accepting failed (for instance no descriptor left); the
+   * listener keeps going, retrying with a back-off.
+   */
+  netev_listener_callback on_error;
+  /**
+   * TERMINATE: the listener stopped; always its last event.
+   */
+  netev_listener_callback on_terminate;
+  /**
+   * Passed to the listener's callbacks; the host owns it.
+   */
+  void *user_data;
+  /**
+   * IPv4 or IPv6 literal to bind; NULL = all interfaces, IPv6 and IPv4.
+   */
+  const char *bind_address;
+  /**
+   * Length of the kernel's queue of connections not yet accepted; 0 = 1024.
+   */
+  uint32_t backlog;
+  /**
+   * SO_REUSEPORT: several listeners (or processes) share one port.
+   */
+  bool reuse_port;
+  /**
+   * Options each accepted connection starts from.
+   */
+  struct netev_connection_options connection_defaults;
+  /**
+   * Dispatcher that runs the listener's callbacks; 0 = netev's threads.
+   */
+  netev_dispatcher dispatcher;
+} netev_listener_options;
+
+/**
  * Runtime settings a host may give before first use.
  */
 typedef struct netev_runtime_options {
@@ -442,7 +510,8 @@ enum netev_status netev_connection_retain(netev_connection conn);
 enum netev_status netev_connection_release(netev_connection conn);
 
 /**
- * Copies the address as given to open (name or IP) into `buf`, cut to
+ * Copies the address as given to open (name or IP; for an accepted
+ * connection, the peer's IP) into `buf`, cut to
  * fit and NUL-terminated when `capacity` > 0, and stores the full length
  * without the NUL in `*needed`. `buf` may be NULL when `capacity` is 0.
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
@@ -503,6 +572,69 @@ enum netev_status netev_connection_error_count(netev_connection conn, size_t *ou
 enum netev_status netev_connection_error_at(netev_connection conn,
                                             size_t index,
                                             struct netev_error_info *out);
+
+/**
+ * Fills `options` with the defaults: callbacks, pointers and handles
+ * NULL/0, `backlog` 0 (1024), `reuse_port` false, `connection_defaults` as
+ * netev_connection_options_init leaves them, and `size`.
+ * Returns NETEV_ERR_NULL_ARGUMENT.
+ */
+enum netev_status netev_listener_options_init(struct netev_listener_options *options);
+
+/**
+ * Listens on `port` (0 picks a free one: see `netev_listener_port`) and
+ * stores the listener's handle in `*out`. Binding happens now, so a port
+ * in use fails here; accepting runs in the background. SO_REUSEADDR is
+ * always set. `options` may be NULL for the defaults; netev copies it and
+ * `bind_address`. The caller owns the handle until `netev_listener_release`.
+ *
+ * Each incoming connection is offered to `on_connection` (on netev's I/O
+ * threads, or the dispatcher's thread); an accepted connection is owned
+ * by netev until its TERMINATE returns, unless retained.
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (bad
+ * `bind_address`, bad `connection_defaults`, `size` not set),
+ * NETEV_ERR_INVALID_HANDLE (unknown dispatcher), NETEV_ERR_ADDRESS_IN_USE,
+ * NETEV_ERR_PERMISSION_DENIED (a privileged port), NETEV_ERR_IO.
+ */
+enum netev_status netev_listener_open(uint16_t port,
+                                      const struct netev_listener_options *options,
+                                      netev_listener *out);
+
+/**
+ * Stores the port the listener is bound to (the real one when opened
+ * with port 0). Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_listener_port(netev_listener listener, uint16_t *out);
+
+/**
+ * Stops accepting and closes the listening socket: the port is free when
+ * this returns. Connections already accepted go on. TERMINATE follows,
+ * once. Harmless when already terminated. Returns NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_listener_terminate(netev_listener listener);
+
+/**
+ * Gives back the handle from `netev_listener_open`, terminating the
+ * listener if it still runs; the handle is invalid once its TERMINATE
+ * returned. Returns NETEV_ERR_INVALID_HANDLE (also on a double release).
+ */
+enum netev_status netev_listener_release(netev_listener listener);
+
+/**
+ * How many entries the listener's errors list holds (the newest 64).
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_listener_error_count(netev_listener listener, size_t *out);
+
+/**
+ * Copies entry `index` (0 = oldest) of the listener's errors list.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+ * NETEV_ERR_INVALID_ARGUMENT when `index` >= the error count.
+ */
+enum netev_status netev_listener_error_at(netev_listener listener,
+                                          size_t index,
+                                          struct netev_error_info *out);
 
 /**
  * Creates a dispatcher and stores its handle in `*out`. Name it in

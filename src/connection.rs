@@ -126,7 +126,7 @@ pub fn seconds(value: f64, what: &str) -> Result<Option<Duration>> {
 
 /// A pointer the host handed over; netev only passes it back.
 #[derive(Clone, Copy)]
-struct HostPtr(*mut c_void);
+pub(crate) struct HostPtr(pub(crate) *mut c_void);
 // SAFETY: netev never dereferences it; the host chose to receive it on
 // whichever thread the documentation says callbacks run.
 unsafe impl Send for HostPtr {}
@@ -291,19 +291,56 @@ impl Connection {
             return Err(Error::invalid("the address is empty"));
         }
         let rt = runtime::handle()?;
-        let conn = Arc::new(Connection::new(address.to_owned(), port, 0, cfg, 1));
-        handle::insert(conn.id, Object::Connection(conn.clone()));
-        log!("connection", conn.id, "open {address} port {port}");
-        let task = Finisher::new(conn.clone());
-        let live = LiveTask::start();
-        rt.spawn(async move {
-            let _live = live;
-            task.run().await;
-        });
+        let id = handle::next_id();
+        let conn = Arc::new(Connection::new(id, address.to_owned(), port, 0, cfg, 1));
+        log!("connection", id, "open {address} port {port}");
+        conn.start(&rt, None);
         Ok(conn)
     }
 
-    fn new(address: String, port: u16, listener: u64, cfg: Config, host_refs: u32) -> Connection {
+    /// Takes over a socket accepted by `listener`. netev owns the new
+    /// connection until its TERMINATE (no host reference yet).
+    pub(crate) fn adopt(
+        id: netev_connection,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        listener: netev_listener,
+        cfg: Config,
+        rt: &tokio::runtime::Handle,
+    ) -> Arc<Connection> {
+        let remote = Remote::new(peer);
+        let conn = Arc::new(Connection::new(
+            id,
+            remote.ip_string(),
+            peer.port(),
+            listener,
+            cfg,
+            0,
+        ));
+        let _ = conn.remote.set(remote);
+        conn.start(rt, Some(stream));
+        conn
+    }
+
+    /// Registers the handle and spawns the connection's task.
+    fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle, accepted: Option<TcpStream>) {
+        handle::insert(self.id, Object::Connection(self.clone()));
+        let task = Finisher::new(self.clone());
+        let live = LiveTask::start();
+        rt.spawn(async move {
+            let _live = live;
+            task.run(accepted).await;
+        });
+    }
+
+    fn new(
+        id: netev_connection,
+        address: String,
+        port: u16,
+        listener: u64,
+        cfg: Config,
+        host_refs: u32,
+    ) -> Connection {
         let credit = cfg
             .dispatcher
             .as_ref()
@@ -312,7 +349,7 @@ impl Connection {
             d.bind();
         }
         Connection {
-            id: handle::next_id(),
+            id,
             address,
             port,
             listener,
@@ -964,18 +1001,23 @@ impl Finisher {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(mut self, accepted: Option<TcpStream>) {
         let conn = self.conn.clone();
-        let stream = tokio::select! {
-            biased;
-            _ = conn.until_close_requested() => return self.finish(End::Close),
-            r = conn.connect() => r,
+        let stream = match accepted {
+            Some(s) => Ok(s),
+            None => tokio::select! {
+                biased;
+                _ = conn.until_close_requested() => return self.finish(End::Close),
+                r = conn.connect() => r,
+            },
         };
         let stream = match stream.and_then(|s| conn.configure(&s).map(|_| s)) {
             Ok(s) => Arc::new(s),
             Err(e) => return self.finish(End::Error(e)),
         };
-        if let Ok(peer) = stream.peer_addr() {
+        if conn.remote.get().is_none()
+            && let Ok(peer) = stream.peer_addr()
+        {
             let _ = conn.remote.set(Remote::new(peer));
         }
         {

@@ -279,15 +279,15 @@ impl Dispatcher {
         self.run_batch(q)
     }
 
-    /// Invalidates the handle, closes every connection bound to it and runs
-    /// their last callbacks (CLOSE, TERMINATE) on the calling thread.
+    /// Invalidates the handle, closes every connection and listener bound to
+    /// it and runs their last callbacks (CLOSE, TERMINATE) on the calling thread.
     pub fn release(self: &Arc<Self>) {
         handle::remove(self.id);
         for obj in handle::all() {
-            if let Object::Connection(c) = obj
-                && c.dispatcher_id() == self.id
-            {
-                c.close_now();
+            match obj {
+                Object::Connection(c) if c.dispatcher_id() == self.id => c.close_now(),
+                Object::Listener(l) if l.dispatcher_id() == self.id => l.terminate(),
+                _ => {}
             }
         }
         if running_here(self.id) {

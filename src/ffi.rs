@@ -6,6 +6,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result, Status, netev_error_info, netev_status};
 use crate::event::EventType;
 use crate::handle::{self, netev_connection, netev_dispatcher, netev_listener};
+use crate::listener::{Listener, ListenerConfig, netev_listener_options};
 use crate::log;
 use crate::runtime::{self, netev_runtime_options};
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -277,7 +278,8 @@ pub extern "C" fn netev_connection_release(conn: netev_connection) -> netev_stat
     boundary(|| handle::connection(conn)?.release())
 }
 
-/// Copies the address as given to open (name or IP) into `buf`, cut to
+/// Copies the address as given to open (name or IP; for an accepted
+/// connection, the peer's IP) into `buf`, cut to
 /// fit and NUL-terminated when `capacity` > 0, and stores the full length
 /// without the NUL in `*needed`. `buf` may be NULL when `capacity` is 0.
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
@@ -390,6 +392,117 @@ pub extern "C" fn netev_connection_error_at(
             Error::invalid(format!(
                 "index {index} is out of range ({} errors)",
                 c.error_count()
+            ))
+        })?;
+        put(out, "out", info)
+    })
+}
+
+// ----- listeners ----------------------------------------------------------
+
+/// Fills `options` with the defaults: callbacks, pointers and handles
+/// NULL/0, `backlog` 0 (1024), `reuse_port` false, `connection_defaults` as
+/// netev_connection_options_init leaves them, and `size`.
+/// Returns NETEV_ERR_NULL_ARGUMENT.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_options_init(
+    options: *mut netev_listener_options,
+) -> netev_status {
+    boundary(|| put(options, "options", netev_listener_options::default()))
+}
+
+/// Listens on `port` (0 picks a free one: see `netev_listener_port`) and
+/// stores the listener's handle in `*out`. Binding happens now, so a port
+/// in use fails here; accepting runs in the background. SO_REUSEADDR is
+/// always set. `options` may be NULL for the defaults; netev copies it and
+/// `bind_address`. The caller owns the handle until `netev_listener_release`.
+///
+/// Each incoming connection is offered to `on_connection` (on netev's I/O
+/// threads, or the dispatcher's thread); an accepted connection is owned
+/// by netev until its TERMINATE returns, unless retained.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (bad
+/// `bind_address`, bad `connection_defaults`, `size` not set),
+/// NETEV_ERR_INVALID_HANDLE (unknown dispatcher), NETEV_ERR_ADDRESS_IN_USE,
+/// NETEV_ERR_PERMISSION_DENIED (a privileged port), NETEV_ERR_IO.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_open(
+    port: u16,
+    options: *const netev_listener_options,
+    out: *mut netev_listener,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let options = read_options(options, "options")?;
+        let bind_address = match options.bind_address.is_null() {
+            true => None,
+            false => Some(text(options.bind_address, "bind_address")?),
+        };
+        let l = Listener::open(port, ListenerConfig::from_options(&options, bind_address)?)?;
+        put(out, "out", l.id)
+    })
+}
+
+/// Stores the port the listener is bound to (the real one when opened
+/// with port 0). Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_port(listener: netev_listener, out: *mut u16) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let l = handle::listener(listener)?;
+        put(out, "out", l.port())
+    })
+}
+
+/// Stops accepting and closes the listening socket: the port is free when
+/// this returns. Connections already accepted go on. TERMINATE follows,
+/// once. Harmless when already terminated. Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_terminate(listener: netev_listener) -> netev_status {
+    boundary(|| {
+        handle::listener(listener)?.terminate();
+        Ok(())
+    })
+}
+
+/// Gives back the handle from `netev_listener_open`, terminating the
+/// listener if it still runs; the handle is invalid once its TERMINATE
+/// returned. Returns NETEV_ERR_INVALID_HANDLE (also on a double release).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_release(listener: netev_listener) -> netev_status {
+    boundary(|| handle::listener(listener)?.release())
+}
+
+/// How many entries the listener's errors list holds (the newest 64).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_error_count(
+    listener: netev_listener,
+    out: *mut usize,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let l = handle::listener(listener)?;
+        put(out, "out", l.error_count())
+    })
+}
+
+/// Copies entry `index` (0 = oldest) of the listener's errors list.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+/// NETEV_ERR_INVALID_ARGUMENT when `index` >= the error count.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_error_at(
+    listener: netev_listener,
+    index: usize,
+    out: *mut netev_error_info,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let l = handle::listener(listener)?;
+        let info = l.error_at(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "index {index} is out of range ({} errors)",
+                l.error_count()
             ))
         })?;
         put(out, "out", info)

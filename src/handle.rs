@@ -7,6 +7,7 @@
 use crate::connection::Connection;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
+use crate::listener::Listener;
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ pub type netev_dispatcher = u64;
 pub enum Object {
     Connection(Arc<Connection>),
     Dispatcher(Arc<Dispatcher>),
+    Listener(Arc<Listener>),
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -75,6 +77,14 @@ pub fn dispatcher(id: u64) -> Result<Arc<Dispatcher>> {
     match get(id) {
         Some(Object::Dispatcher(d)) => Ok(d),
         _ => Err(Error::handle(id, "dispatcher")),
+    }
+}
+
+pub fn listener(id: u64) -> Result<Arc<Listener>> {
+    check_process()?;
+    match get(id) {
+        Some(Object::Listener(l)) => Ok(l),
+        _ => Err(Error::handle(id, "listener")),
     }
 }
 

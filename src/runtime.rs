@@ -174,8 +174,10 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let objects = handle::all();
     for obj in &objects {
-        if let Object::Connection(c) = obj {
-            c.close_now();
+        match obj {
+            Object::Connection(c) => c.close_now(),
+            Object::Listener(l) => l.terminate(),
+            Object::Dispatcher(_) => {}
         }
     }
     let dispatchers: Vec<_> = objects

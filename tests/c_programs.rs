@@ -123,6 +123,16 @@ c_tests!(
     runtime_shutdown,
     idle_timeout,
     concurrent_senders,
+    // listeners
+    listener_basic,
+    listener_many_clients,
+    listener_reject,
+    listener_terminate,
+    listener_reuse_port,
+    listener_ipv6,
+    listener_ownership,
+    listener_dispatcher,
+    listener_accept_errors,
 );
 
 /// Struct sizes and field offsets seen by a C compiler equal Rust's.

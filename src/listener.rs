@@ -1,0 +1,505 @@
+//! Listeners (4D's TCPListener): accept connections and hand each to the
+//! same connection machinery a client connection uses.
+
+use crate::connection::{Config, Connection, HostPtr, netev_connection_options};
+use crate::dispatch::{self, Dispatcher};
+use crate::error::{Error, ErrorList, Result, netev_error_info};
+use crate::event::{EventType, Remote, netev_event};
+use crate::handle::{self, Object, netev_dispatcher, netev_listener};
+use crate::log::log;
+use crate::runtime::{self, LiveTask};
+use std::ffi::{CString, c_char, c_void};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+
+/// Decides on one incoming connection. `event` (type CONNECTION) carries the
+/// peer's ip and port and, in `connection`, the handle the connection will
+/// have; it becomes valid once this returns true. `options` is pre-filled
+/// from the listener's `connection_defaults`: edit it and return true to
+/// accept, or return false to close the socket at once.
+#[allow(non_camel_case_types)]
+pub type netev_accept_callback = Option<
+    unsafe extern "C" fn(
+        listener: netev_listener,
+        event: *const netev_event,
+        user_data: *mut c_void,
+        options: *mut netev_connection_options,
+    ) -> bool,
+>;
+
+/// Receives a listener's ERROR or TERMINATE event, borrowed until it returns.
+#[allow(non_camel_case_types)]
+pub type netev_listener_callback = Option<
+    unsafe extern "C" fn(
+        listener: netev_listener,
+        event: *const netev_event,
+        user_data: *mut c_void,
+    ),
+>;
+
+/// How a listener behaves. Fill it with `netev_listener_options_init`;
+/// netev copies it (and `bind_address`) during the open call.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct netev_listener_options {
+    /// sizeof(netev_listener_options), set by netev_listener_options_init.
+    pub size: u32,
+    /// Accept or reject each incoming connection; NULL accepts with
+    /// `connection_defaults`.
+    pub on_connection: netev_accept_callback,
+    /// ERROR: accepting failed (for instance no descriptor left); the
+    /// listener keeps going, retrying with a back-off.
+    pub on_error: netev_listener_callback,
+    /// TERMINATE: the listener stopped; always its last event.
+    pub on_terminate: netev_listener_callback,
+    /// Passed to the listener's callbacks; the host owns it.
+    pub user_data: *mut c_void,
+    /// IPv4 or IPv6 literal to bind; NULL = all interfaces, IPv6 and IPv4.
+    pub bind_address: *const c_char,
+    /// Length of the kernel's queue of connections not yet accepted; 0 = 1024.
+    pub backlog: u32,
+    /// SO_REUSEPORT: several listeners (or processes) share one port.
+    pub reuse_port: bool,
+    /// Options each accepted connection starts from.
+    pub connection_defaults: netev_connection_options,
+    /// Dispatcher that runs the listener's callbacks; 0 = netev's threads.
+    pub dispatcher: netev_dispatcher,
+}
+
+impl Default for netev_listener_options {
+    fn default() -> Self {
+        netev_listener_options {
+            size: std::mem::size_of::<Self>() as u32,
+            on_connection: None,
+            on_error: None,
+            on_terminate: None,
+            user_data: std::ptr::null_mut(),
+            bind_address: std::ptr::null(),
+            backlog: 0,
+            reuse_port: false,
+            connection_defaults: netev_connection_options::default(),
+            dispatcher: 0,
+        }
+    }
+}
+
+const DEFAULT_BACKLOG: u32 = 1024;
+/// Accepted connections a dispatcher-bound listener may hold while its
+/// host has not run the accept callbacks: past it, the kernel's backlog
+/// holds further connections.
+const PENDING_ACCEPTS: usize = 64;
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The defaults for accepted connections, as the host gave them.
+#[derive(Clone, Copy)]
+pub struct Defaults(pub netev_connection_options);
+// SAFETY: the struct holds numbers, function pointers and the host's
+// user_data pointer, which netev never dereferences, only passes back.
+unsafe impl Send for Defaults {}
+// SAFETY: as above; it is only copied.
+unsafe impl Sync for Defaults {}
+
+/// Validated listener settings.
+pub struct ListenerConfig {
+    pub on_connection: netev_accept_callback,
+    pub on_error: netev_listener_callback,
+    pub on_terminate: netev_listener_callback,
+    user_data: HostPtr,
+    pub bind_address: Option<IpAddr>,
+    pub backlog: u32,
+    pub reuse_port: bool,
+    /// Checked now (so a bad default fails the open), and again for each
+    /// connection, since the accept callback may change it.
+    pub connection_defaults: Defaults,
+    pub dispatcher: Option<Arc<Dispatcher>>,
+}
+
+impl ListenerConfig {
+    /// `bind_address` is the already-converted text of the C field.
+    pub fn from_options(o: &netev_listener_options, bind_address: Option<&str>) -> Result<Self> {
+        let bind_address = match bind_address {
+            None => None,
+            Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                Error::invalid(format!(
+                    "bind_address {text:?} is not an IPv4 or IPv6 address"
+                ))
+            })?),
+        };
+        Config::from_options(&o.connection_defaults)?;
+        let dispatcher = match o.dispatcher {
+            0 => None,
+            id => Some(handle::dispatcher(id)?),
+        };
+        Ok(ListenerConfig {
+            on_connection: o.on_connection,
+            on_error: o.on_error,
+            on_terminate: o.on_terminate,
+            user_data: HostPtr(o.user_data),
+            bind_address,
+            backlog: if o.backlog == 0 {
+                DEFAULT_BACKLOG
+            } else {
+                o.backlog
+            },
+            reuse_port: o.reuse_port,
+            connection_defaults: Defaults(o.connection_defaults),
+            dispatcher,
+        })
+    }
+}
+
+struct State {
+    /// The listening socket; taken out (and so closed) by terminate. The
+    /// accept task polls it under the lock and never holds it across an
+    /// await, so dropping it here closes the fd at once.
+    socket: Option<TcpListener>,
+    terminated: bool,
+    host_refs: u32,
+    errors: ErrorList,
+}
+
+pub struct Listener {
+    pub id: netev_listener,
+    port: u16,
+    cfg: ListenerConfig,
+    rt: tokio::runtime::Handle,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Dispatcher mode: accepted sockets waiting for the host's decision.
+    pending: Option<Arc<Semaphore>>,
+}
+
+fn bind(port: u16, cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let (addr, dual) = match cfg.bind_address {
+        Some(ip) => (SocketAddr::new(ip, port), false),
+        None => (
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        ),
+    };
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+        Ok(s) => s,
+        // No IPv6 on this host: all interfaces means all IPv4 ones.
+        Err(_) if dual => {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            return bind_socket(
+                Socket::new(Domain::IPV4, Type::STREAM, None)?,
+                v4,
+                cfg,
+                false,
+            );
+        }
+        Err(e) => return Err(e),
+    };
+    bind_socket(socket, addr, cfg, dual)
+}
+
+fn bind_socket(
+    socket: socket2::Socket,
+    addr: SocketAddr,
+    cfg: &ListenerConfig,
+    dual: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    if dual {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    if cfg.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(cfg.backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+impl Listener {
+    /// Binds and listens now (so a port in use fails here), then accepts in
+    /// the background. Port 0 picks a free port; see `port()`.
+    pub fn open(port: u16, cfg: ListenerConfig) -> Result<Arc<Listener>> {
+        let rt = runtime::handle()?;
+        let std_listener = bind(port, &cfg)
+            .map_err(|e| Error::io(&e, &format!("cannot listen on port {port}")))?;
+        let socket = {
+            let _enter = rt.enter();
+            TcpListener::from_std(std_listener)
+                .map_err(|e| Error::io(&e, "cannot register the listener"))?
+        };
+        let port = socket.local_addr().map(|a| a.port()).unwrap_or(port);
+        if let Some(d) = &cfg.dispatcher {
+            d.bind();
+        }
+        let pending = cfg
+            .dispatcher
+            .as_ref()
+            .map(|_| Arc::new(Semaphore::new(PENDING_ACCEPTS)));
+        let l = Arc::new(Listener {
+            id: handle::next_id(),
+            port,
+            cfg,
+            rt: rt.clone(),
+            state: Mutex::new(State {
+                socket: Some(socket),
+                terminated: false,
+                host_refs: 1,
+                errors: ErrorList::default(),
+            }),
+            wake: Notify::new(),
+            pending,
+        });
+        handle::insert(l.id, Object::Listener(l.clone()));
+        log!("listener", l.id, "open port {port}");
+        let task = l.clone();
+        let live = LiveTask::start();
+        rt.spawn(async move {
+            let _live = live;
+            task.accept_loop().await;
+        });
+        Ok(l)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dispatcher_id(&self) -> netev_dispatcher {
+        self.cfg.dispatcher.as_ref().map_or(0, |d| d.id)
+    }
+
+    /// Stops accepting and closes the socket now, so the port is free when
+    /// this returns; connections already accepted go on. TERMINATE follows.
+    pub fn terminate(&self) {
+        let socket = self.lock().socket.take();
+        if let Some(socket) = socket {
+            drop(socket);
+            log!("listener", self.id, "terminate requested");
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn release(&self) -> Result<()> {
+        let mut st = self.lock();
+        if st.host_refs == 0 {
+            return Err(Error::handle(self.id, "listener (already released)"));
+        }
+        st.host_refs -= 1;
+        let terminated = st.terminated;
+        drop(st);
+        if terminated {
+            handle::remove(self.id);
+        } else {
+            self.terminate();
+        }
+        Ok(())
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.lock().errors.len()
+    }
+
+    pub fn error_at(&self, index: usize) -> Option<netev_error_info> {
+        self.lock().errors.get(index).map(netev_error_info::from)
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if self.lock().socket.is_none() {
+                break;
+            }
+            let permit = match &self.pending {
+                None => None,
+                Some(p) => tokio::select! {
+                    biased;
+                    _ = self.wake.notified() => continue,
+                    permit = p.clone().acquire_owned() => permit.ok(),
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                _ = self.wake.notified() => continue,
+                r = std::future::poll_fn(|cx| match &self.lock().socket {
+                    Some(s) => s.poll_accept(cx).map(Some),
+                    None => std::task::Poll::Ready(None),
+                }) => r,
+            };
+            let Some(accepted) = accepted else {
+                break;
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = BACKOFF_START;
+                    self.incoming(stream, peer, permit);
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    let err = Error::io(&e, "accept");
+                    log!("listener", self.id, "error {err}");
+                    self.lock().errors.push(err.clone());
+                    self.deliver(EventType::NETEV_EVENT_ERROR, Some(&err));
+                    // Until descriptors free up the socket stays readable:
+                    // wait instead of spinning, and stay responsive to terminate.
+                    tokio::select! {
+                        biased;
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.deliver(EventType::NETEV_EVENT_TERMINATE, None);
+    }
+
+    /// Offers an accepted socket to the host (on the dispatcher when there
+    /// is one) and starts the connection if accepted.
+    fn incoming(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let l = self.clone();
+        let decide = move || {
+            let ran = l.decide(stream, peer);
+            drop(permit);
+            ran
+        };
+        match &self.cfg.dispatcher {
+            None => {
+                decide();
+            }
+            Some(d) => d.post(Box::new(decide)),
+        }
+    }
+
+    /// Runs the accept callback and starts or drops the connection.
+    /// Returns whether a host callback ran.
+    fn decide(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> bool {
+        let id = handle::next_id();
+        let remote = Remote::new(peer);
+        let mut options = self.cfg.connection_defaults.0;
+        let accepted = match self.cfg.on_connection {
+            None => true,
+            Some(cb) => {
+                let mut ev = netev_event::new(EventType::NETEV_EVENT_CONNECTION, id, &remote);
+                ev.connection = id;
+                dispatch::guard(|| {
+                    // SAFETY: the host registered `cb` for incoming
+                    // connections; `ev` and `options` live until it returns.
+                    unsafe { cb(self.id, &ev, self.cfg.user_data.0, &mut options) }
+                })
+                .unwrap_or(false)
+            }
+        };
+        if !accepted {
+            log!(
+                "listener",
+                self.id,
+                "reject {}:{}",
+                remote.ip_string(),
+                peer.port()
+            );
+            drop(stream);
+            return self.cfg.on_connection.is_some();
+        }
+        match Config::from_options(&options) {
+            Ok(cfg) => {
+                log!(
+                    "listener",
+                    self.id,
+                    "accept {}:{} as connection {id}",
+                    remote.ip_string(),
+                    peer.port()
+                );
+                Connection::adopt(id, stream, peer, self.id, cfg, &self.rt);
+            }
+            Err(e) => {
+                let e = Error::new(
+                    e.code,
+                    format!("connection options from on_connection: {}", e.message),
+                );
+                log!("listener", self.id, "error {e}");
+                self.lock().errors.push(e.clone());
+                self.deliver(EventType::NETEV_EVENT_ERROR, Some(&e));
+            }
+        }
+        self.cfg.on_connection.is_some()
+    }
+
+    fn deliver(self: &Arc<Self>, ty: EventType, error: Option<&Error>) {
+        let l = self.clone();
+        let error = error.cloned();
+        let job = move || l.invoke(ty, error.as_ref());
+        match &self.cfg.dispatcher {
+            None => {
+                job();
+            }
+            Some(d) => d.post(Box::new(job)),
+        }
+    }
+
+    fn invoke(&self, ty: EventType, error: Option<&Error>) -> bool {
+        let cb = match ty {
+            EventType::NETEV_EVENT_ERROR => self.cfg.on_error,
+            _ => self.cfg.on_terminate,
+        };
+        if let Some(cb) = cb {
+            let mut ev = netev_event::new(ty, 0, &Remote::UNKNOWN);
+            let message;
+            if let Some(e) = error {
+                message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
+                ev = ev.with_error(e, &message);
+            }
+            dispatch::guard(|| {
+                // SAFETY: the host registered `cb` for this event type; `ev`
+                // and what it points to live until the call returns.
+                unsafe { cb(self.id, &ev, self.cfg.user_data.0) }
+            });
+        }
+        if ty == EventType::NETEV_EVENT_TERMINATE {
+            self.terminated();
+        }
+        cb.is_some()
+    }
+
+    fn terminated(&self) {
+        let mut st = self.lock();
+        st.terminated = true;
+        let unowned = st.host_refs == 0;
+        drop(st);
+        log!("listener", self.id, "terminate");
+        if let Some(d) = &self.cfg.dispatcher {
+            d.unbind();
+        }
+        if unowned {
+            handle::remove(self.id);
+        }
+    }
+}
+
+/// Accept errors that concern one connection only (already gone), not the listener.
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::EPROTO
+                | libc::EPERM
+        )
+    )
+}
