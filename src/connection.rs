@@ -677,7 +677,7 @@ impl Connection {
         st.terminated = true;
         let unowned = st.host_refs == 0;
         self.wake_waiters(st);
-        log!("connection", self.id, "terminate");
+        log!("connection", self.id, "terminated");
         if let Some(free) = self.cfg.user_data_free {
             dispatch::guard(|| {
                 // SAFETY: the host gave this function to free its own
@@ -708,7 +708,7 @@ impl Connection {
         }
         match &end {
             End::Close => {
-                log!("connection", self.id, "close");
+                log!("connection", self.id, "closed");
                 self.deliver(
                     EventType::NETEV_EVENT_CLOSE,
                     &[],
@@ -843,7 +843,7 @@ impl Connection {
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(|e| Error::io(&e, "shutdown"))?;
             st.write_shut_done = true;
-            log!("connection", self.id, "write side shut down");
+            log!("connection", self.id, "shutdown done: write side closed");
         }
         Ok(drain)
     }
@@ -943,7 +943,7 @@ impl Connection {
                         Ok(true) => {
                             peer_ended = true;
                             permit = None;
-                            log!("connection", self.id, "peer ended");
+                            log!("connection", self.id, "end: the peer finished sending");
                             if !self.cfg.allow_half_open {
                                 self.lock().closed = true;
                             }
@@ -1031,8 +1031,8 @@ impl Finisher {
         log!(
             "connection",
             conn.id,
-            "connected to {}",
-            conn.remote().ip_string()
+            "connected {}",
+            conn.remote().endpoint()
         );
         conn.deliver(
             EventType::NETEV_EVENT_CONNECTION,

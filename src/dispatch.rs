@@ -14,7 +14,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 /// A queued delivery. Returns whether it called into the host.
@@ -24,6 +23,15 @@ pub type Job = Box<dyn FnOnce() -> bool + Send>;
 /// behalf, so that a panic in netev never unwinds into a host frame.
 pub fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// Identifies the calling thread without allocating (std's thread handle
+/// would allocate on a host thread and stay behind after netev is gone).
+fn thread_token() -> usize {
+    thread_local! {
+        static MARK: u8 = const { 0 };
+    }
+    MARK.with(|m| m as *const u8 as usize)
 }
 
 thread_local! {
@@ -46,7 +54,8 @@ const RELEASE_DRAIN: Duration = Duration::from_secs(5);
 
 struct Queue {
     jobs: VecDeque<Job>,
-    runner: Option<ThreadId>,
+    /// The thread running the queue now (see `thread_token`).
+    runner: Option<usize>,
     /// The eventfd holds a count: it is readable.
     signaled: bool,
     /// Threads blocked on `changed`; notifying is skipped when there are none.
@@ -163,7 +172,7 @@ impl Dispatcher {
     /// Runs the jobs queued now, on this thread.
     fn run_batch(&self, mut q: MutexGuard<'_, Queue>) -> usize {
         let batch = std::mem::take(&mut q.jobs);
-        q.runner = Some(thread::current().id());
+        q.runner = Some(thread_token());
         self.set_signal(&mut q, false);
         drop(q);
         RUNNING.with(|r| r.borrow_mut().push(self.id));
@@ -314,6 +323,7 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+    use std::thread;
 
     #[test]
     fn fd_is_readable_exactly_while_jobs_wait() {

@@ -102,6 +102,15 @@ impl Remote {
         r
     }
 
+    /// "ip:port", with an IPv6 address in brackets.
+    pub fn endpoint(&self) -> String {
+        let ip = self.ip_string();
+        match ip.contains(':') {
+            true => format!("[{ip}]:{}", self.port),
+            false => format!("{ip}:{}", self.port),
+        }
+    }
+
     pub fn ip_string(&self) -> String {
         let bytes: Vec<u8> = self
             .ip

@@ -46,7 +46,13 @@ pub fn insert(id: u64, obj: Object) {
 
 pub fn remove(id: u64) -> Option<Object> {
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
-    t.remove(&id)
+    let obj = t.remove(&id);
+    if t.is_empty() && t.capacity() > 0 {
+        // Give the memory back when nothing is open, so a host that
+        // released everything has nothing of netev's left on its heap.
+        *t = HashMap::new();
+    }
+    obj
 }
 
 fn get(id: u64) -> Option<Object> {

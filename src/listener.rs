@@ -255,7 +255,7 @@ impl Listener {
             pending,
         });
         handle::insert(l.id, Object::Listener(l.clone()));
-        log!("listener", l.id, "open port {port}");
+        log!("listener", l.id, "listening on port {port}");
         let task = l.clone();
         let live = LiveTask::start();
         rt.spawn(async move {
@@ -283,7 +283,6 @@ impl Listener {
         let socket = self.lock().socket.take();
         if let Some(socket) = socket {
             drop(socket);
-            log!("listener", self.id, "terminate requested");
             self.wake.notify_one();
         }
     }
@@ -390,6 +389,9 @@ impl Listener {
         let id = handle::next_id();
         let remote = Remote::new(peer);
         let mut options = self.cfg.connection_defaults.0;
+        if options.dispatcher == 0 {
+            options.dispatcher = self.dispatcher_id();
+        }
         let accepted = match self.cfg.on_connection {
             None => true,
             Some(cb) => {
@@ -404,13 +406,7 @@ impl Listener {
             }
         };
         if !accepted {
-            log!(
-                "listener",
-                self.id,
-                "reject {}:{}",
-                remote.ip_string(),
-                peer.port()
-            );
+            log!("listener", self.id, "rejected {}", remote.endpoint());
             drop(stream);
             return self.cfg.on_connection.is_some();
         }
@@ -419,9 +415,8 @@ impl Listener {
                 log!(
                     "listener",
                     self.id,
-                    "accept {}:{} as connection {id}",
-                    remote.ip_string(),
-                    peer.port()
+                    "accepted {} as connection {id}",
+                    remote.endpoint()
                 );
                 Connection::adopt(id, stream, peer, self.id, cfg, &self.rt);
             }
@@ -479,7 +474,7 @@ impl Listener {
         st.terminated = true;
         let unowned = st.host_refs == 0;
         drop(st);
-        log!("listener", self.id, "terminate");
+        log!("listener", self.id, "terminated");
         if let Some(d) = &self.cfg.dispatcher {
             d.unbind();
         }

@@ -121,11 +121,11 @@ fn timestamp() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60,
-        now.subsec_millis()
+        now.subsec_micros()
     )
 }
 
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn timestamp_shape() {
         let t = super::timestamp();
-        assert_eq!(t.len(), 24, "{t}");
+        assert_eq!(t.len(), 27, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 }

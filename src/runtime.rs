@@ -86,6 +86,11 @@ fn build() -> Result<Runtime> {
         .map_err(|e| Error::io(&e, "cannot start the runtime"))
 }
 
+fn started_log() {
+    crate::log::start_from_env();
+    crate::log::log!("runtime", 0, "open");
+}
+
 /// The runtime's handle, starting the runtime on first use.
 pub fn handle() -> Result<Handle> {
     if forked() {
@@ -99,7 +104,7 @@ pub fn handle() -> Result<Handle> {
     let h = started.handle().clone();
     *rt = Some(started);
     drop(rt);
-    crate::log::start_from_env();
+    started_log();
     Ok(h)
 }
 
@@ -121,7 +126,7 @@ pub fn init(options: &netev_runtime_options) -> Result<()> {
     WORKERS.store(options.worker_threads, Ordering::Relaxed);
     *rt = Some(build()?);
     drop(rt);
-    crate::log::start_from_env();
+    started_log();
     Ok(())
 }
 
@@ -214,6 +219,7 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
     }
     let rt = lock().take();
     if let Some(rt) = rt {
+        crate::log::log!("runtime", 0, "shutdown");
         // Tasks still alive past the deadline are dropped here; their guards
         // deliver CLOSE and TERMINATE so no object misses its last event.
         let left = deadline
