@@ -901,8 +901,8 @@ impl Connection {
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut last_read = Instant::now();
         let idle = self.cfg.idle_timeout;
-        let sleep = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600)));
-        tokio::pin!(sleep);
+        // Only connections with an idle timeout pay for a timer.
+        let mut sleep = idle.map(|t| Box::pin(tokio::time::sleep(t)));
         loop {
             let drain = match self.flush(&s) {
                 Ok(d) => d,
@@ -957,7 +957,12 @@ impl Connection {
                         return End::Error(Error::io(&e, "write"));
                     }
                 }
-                _ = &mut sleep, if idle.is_some() => {
+                _ = async {
+                    match sleep.as_mut() {
+                        Some(s) => s.await,
+                        None => std::future::pending().await,
+                    }
+                }, if sleep.is_some() => {
                     let limit = idle.unwrap_or_default();
                     let last_write = self.lock().last_write.unwrap_or(last_read);
                     let last = last_read.max(last_write);
@@ -967,7 +972,9 @@ impl Connection {
                             format!("no traffic for {:.3} s", limit.as_secs_f64()),
                         ));
                     }
-                    sleep.as_mut().reset((last + limit).into());
+                    if let Some(sleep) = sleep.as_mut() {
+                        sleep.as_mut().reset((last + limit).into());
+                    }
                 }
             }
         }
@@ -1008,7 +1015,9 @@ impl Finisher {
             None => tokio::select! {
                 biased;
                 _ = conn.until_close_requested() => return self.finish(End::Close),
-                r = conn.connect() => r,
+                // Boxed: the connect phase's futures would otherwise keep
+                // the task as large as they are for the connection's life.
+                r = Box::pin(conn.connect()) => r,
             },
         };
         let stream = match stream.and_then(|s| conn.configure(&s).map(|_| s)) {
@@ -1049,5 +1058,29 @@ impl Finisher {
 impl Drop for Finisher {
     fn drop(&mut self) {
         self.finish(End::Close);
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        let c = std::sync::Arc::new(super::Connection::new(
+            1,
+            String::new(),
+            1,
+            0,
+            super::Config::default(),
+            1,
+        ));
+        let f = super::Finisher::new(c.clone());
+        let fut = f.run(None);
+        eprintln!(
+            "future {} conn {} state {} cfg {}",
+            std::mem::size_of_val(&fut),
+            std::mem::size_of::<super::Connection>(),
+            std::mem::size_of::<super::State>(),
+            std::mem::size_of::<super::Config>()
+        );
     }
 }
