@@ -142,8 +142,12 @@ impl netev_event {
 
     /// Points the event at `data`; the caller keeps it alive while the event is used.
     pub fn with_data(mut self, data: &[u8]) -> Self {
-        self.data = data.as_ptr();
-        self.data_len = data.len();
+        // An empty slice's pointer is dangling, not NULL: keep NULL for
+        // events without data, as the header promises.
+        if !data.is_empty() {
+            self.data = data.as_ptr();
+            self.data_len = data.len();
+        }
         self
     }
 
