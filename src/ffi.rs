@@ -70,9 +70,11 @@ fn copy_out(s: &str, buf: *mut c_char, capacity: usize) -> Result<usize> {
     Ok(s.len())
 }
 
-/// Reads an options struct whose first field is its `size`: an older host's
-/// smaller struct is completed with defaults, a newer one's extra fields are
-/// ignored. A size below the first field means the struct was never initialised.
+/// Reads an options struct whose first field is its `size`. Every struct
+/// is at its first version, so anything smaller than it was never set by
+/// an init function; a larger `size` comes from a newer header, whose extra
+/// fields this version ignores. (A later version keeps accepting the sizes
+/// of earlier ones and fills what they lack with defaults.)
 fn read_options<T: Copy + Default>(p: *const T, name: &str) -> Result<T> {
     let mut value = T::default();
     if p.is_null() {
@@ -81,17 +83,20 @@ fn read_options<T: Copy + Default>(p: *const T, name: &str) -> Result<T> {
     // SAFETY: non-NULL was checked; every options struct starts with a u32
     // `size`, and read_unaligned tolerates any alignment.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    if size < std::mem::size_of::<u64>() * 2 {
+    if size < std::mem::size_of::<T>() {
         return Err(Error::invalid(format!(
-            "{name}.size is {size}: initialise it with its _init function"
+            "{name}.size is {size}, below {}: initialise it with its _init function",
+            std::mem::size_of::<T>()
         )));
     }
-    let n = size.min(std::mem::size_of::<T>());
-    // SAFETY: the host's struct has at least `size` readable bytes (that is
-    // what the field says) and `value` has size_of::<T>() >= n writable ones;
-    // they do not overlap.
+    // SAFETY: the host's struct has at least size_of::<T>() readable bytes
+    // (its `size` says so) and `value` as many writable ones; no overlap.
     unsafe {
-        std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut value as *mut T).cast::<u8>(), n);
+        std::ptr::copy_nonoverlapping(
+            p.cast::<u8>(),
+            (&mut value as *mut T).cast::<u8>(),
+            std::mem::size_of::<T>(),
+        );
     }
     Ok(value)
 }

@@ -330,6 +330,7 @@ static void *peer_main(void *arg) {
     pthread_mutex_unlock(&p->mu);
     break;
   case PEER_CLOSE:
+    shutdown(fd, SHUT_RDWR); /* EOF right away; the fd is closed by peer_stop */
     break;
   }
   pthread_mutex_lock(&p->mu);
