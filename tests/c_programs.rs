@@ -64,7 +64,11 @@ fn compile(name: &str) -> PathBuf {
 /// Compiles and runs tests/c/<name>.c; fails on a non-zero exit or after `limit`.
 pub fn run_c(name: &str, limit: Duration) -> String {
     let exe = compile(name);
+    // cargo's LD_LIBRARY_PATH also names target/<profile>, where a stale
+    // libnetev.so from an earlier `cargo build` may sit and would win over
+    // the program's rpath: point it at this build's library only.
     let mut child = Command::new(&exe)
+        .env("LD_LIBRARY_PATH", lib_dir())
         .current_dir(lib_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
