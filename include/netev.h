@@ -501,9 +501,11 @@ enum netev_status netev_connection_retain(netev_connection conn);
 
 /**
  * Gives back a reference taken by `netev_connection_open` or
- * `netev_connection_retain`. The last one closes the connection if it is
- * still open (CLOSE and TERMINATE still fire, once) and frees it: the
- * handle stays usable inside those last callbacks, then is invalid.
+ * `netev_connection_retain`. The last one closes a client connection if
+ * it is still open (CLOSE and TERMINATE still fire, once) and frees it:
+ * the handle stays usable inside those last callbacks, then is invalid.
+ * An accepted connection whose last reference is given back before its
+ * end goes on, owned by netev until its TERMINATE returns.
  * Returns NETEV_ERR_INVALID_HANDLE for an unknown handle or when no
  * reference is left to give back (a double release).
  */
@@ -522,7 +524,7 @@ enum netev_status netev_connection_address(netev_connection conn,
                                            size_t *needed);
 
 /**
- * The port given to open (for an accepted connection, the local port).
+ * The port given to open; for an accepted connection, the peer's port.
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_port(netev_connection conn, uint16_t *out);

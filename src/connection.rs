@@ -542,8 +542,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Gives back one host reference; the last one closes the connection if
-    /// still open, and the handle dies once TERMINATE has returned.
+    /// Gives back one host reference. The last one closes a client
+    /// connection if still open; an accepted one goes on, owned by netev.
+    /// The handle dies once no reference is left and TERMINATE has returned.
     pub fn release(&self) -> Result<()> {
         let mut st = self.lock();
         if st.host_refs == 0 {
@@ -560,9 +561,11 @@ impl Connection {
         drop(st);
         if terminated {
             handle::remove(self.id);
-        } else {
+        } else if self.listener == 0 {
             self.close_now();
         }
+        // An accepted connection released before its end goes on: netev
+        // owns it until TERMINATE, as if it had never been retained.
         Ok(())
     }
 
