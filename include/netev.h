@@ -695,8 +695,10 @@ enum netev_status netev_runtime_init(const struct netev_runtime_options *options
  * Ends every open object — each TERMINATE runs once — and stops netev's
  * threads, waiting at most `timeout_seconds` (< 0: no limit) for objects
  * to finish. Callbacks of dispatcher-bound objects still queued run on the
- * calling thread. Handles stay valid until released; a later call starts
- * afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+ * calling thread; connections a dispatcher-bound listener accepted but
+ * never offered are closed without a callback. While it runs, opens
+ * return NETEV_ERR_SHUTDOWN. Handles stay valid until released; a later
+ * call starts afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
  * NETEV_ERR_INVALID_ARGUMENT (NaN).
  */
 enum netev_status netev_runtime_shutdown(double timeout_seconds);

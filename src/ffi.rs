@@ -604,8 +604,10 @@ pub extern "C" fn netev_runtime_init(options: *const netev_runtime_options) -> n
 /// Ends every open object — each TERMINATE runs once — and stops netev's
 /// threads, waiting at most `timeout_seconds` (< 0: no limit) for objects
 /// to finish. Callbacks of dispatcher-bound objects still queued run on the
-/// calling thread. Handles stay valid until released; a later call starts
-/// afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+/// calling thread; connections a dispatcher-bound listener accepted but
+/// never offered are closed without a callback. While it runs, opens
+/// return NETEV_ERR_SHUTDOWN. Handles stay valid until released; a later
+/// call starts afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
 /// NETEV_ERR_INVALID_ARGUMENT (NaN).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_runtime_shutdown(timeout_seconds: f64) -> netev_status {

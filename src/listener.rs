@@ -386,6 +386,10 @@ impl Listener {
     /// Runs the accept callback and starts or drops the connection.
     /// Returns whether a host callback ran.
     fn decide(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> bool {
+        if runtime::shutting_down() {
+            // Accepted just before the shutdown: never offered, closed here.
+            return false;
+        }
         let id = handle::next_id();
         let remote = Remote::new(peer);
         let mut options = self.cfg.connection_defaults.0;

@@ -32,6 +32,7 @@ impl Default for netev_runtime_options {
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 static WORKERS: AtomicU32 = AtomicU32::new(0);
 static FORKED: AtomicBool = AtomicBool::new(false);
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 static ATFORK: Once = Once::new();
 
 thread_local! {
@@ -95,6 +96,12 @@ fn started_log() {
 pub fn handle() -> Result<Handle> {
     if forked() {
         return Err(shut_down_error());
+    }
+    if shutting_down() {
+        return Err(Error::new(
+            Status::NETEV_ERR_SHUTDOWN,
+            "netev_runtime_shutdown is running: nothing new can start",
+        ));
     }
     let mut rt = lock();
     if let Some(rt) = rt.as_ref() {
@@ -177,24 +184,20 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
         ));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    let objects = handle::all();
-    for obj in &objects {
-        match obj {
-            Object::Connection(c) => c.close_now(),
-            Object::Listener(l) => l.terminate(),
-            Object::Dispatcher(_) => {}
-        }
-    }
-    let dispatchers: Vec<_> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Dispatcher(d) => Some(d.clone()),
-            _ => None,
-        })
-        .collect();
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
     // Let every task deliver its last events while dispatcher-bound ones
-    // are run here.
+    // are run here. Each round ends what is still open: a callback run here
+    // may have opened something before it saw the shutdown.
+    let mut dispatchers = Vec::new();
     loop {
+        dispatchers.clear();
+        for obj in handle::all() {
+            match obj {
+                Object::Connection(c) => c.close_now(),
+                Object::Listener(l) => l.terminate(),
+                Object::Dispatcher(d) => dispatchers.push(d),
+            }
+        }
         for d in &dispatchers {
             d.run_ready();
         }
@@ -231,5 +234,11 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
         d.run_ready();
     }
     crate::log::stop();
+    SHUTTING_DOWN.store(false, Ordering::SeqCst);
     Ok(())
+}
+
+/// True while `shutdown` runs: nothing new starts.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Relaxed)
 }

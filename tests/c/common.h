@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,10 +54,33 @@ static inline double now_seconds(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Kills the test if it runs longer than `seconds`: a hang is a failure. */
+/* How much slower than a plain run this one is (NETEV_TEST_TIME_FACTOR, set
+ * by the harness: 3 under ASan, 10 under valgrind). Stretches the watchdog
+ * and the bounded waits of these helpers; never shortens anything. */
+static inline double test_time_factor(void) {
+  const char *s = getenv("NETEV_TEST_TIME_FACTOR");
+  double f = s ? atof(s) : 1.0;
+  return f >= 1.0 ? f : 1.0;
+}
+
+/* `n_full`, or `n_small` when NETEV_TEST_SCALE=small (under valgrind):
+ * heavy tests shrink their work, not their checks. */
+static inline long test_scale(long n_full, long n_small) {
+  const char *s = getenv("NETEV_TEST_SCALE");
+  return s && strcmp(s, "small") == 0 ? n_small : n_full;
+}
+
+/* Whether an environment variable is set to something other than "" or "0". */
+static inline int env_flag(const char *name) {
+  const char *s = getenv(name);
+  return s && *s && strcmp(s, "0") != 0;
+}
+
+/* Kills the test if it runs longer than `seconds` (stretched by the time
+ * factor): a hang is a failure. */
 static inline void watchdog(unsigned seconds) {
   signal(SIGALRM, SIG_DFL);
-  alarm(seconds);
+  alarm((unsigned)(seconds * test_time_factor()));
 }
 
 /* ---- event recorder ----------------------------------------------------- */
@@ -155,7 +179,7 @@ static inline int rec_count(recorder *r, int type) {
 /* Waits until `pred(r, arg)` holds or `seconds` pass; returns whether it held. */
 static inline int rec_wait(recorder *r, int (*pred)(recorder *, size_t), size_t arg,
                            double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&r->mu);
   while (!pred(r, arg)) {
     double left = end - now_seconds();
@@ -372,7 +396,7 @@ static inline void peer_resume(peer *p) {
 
 /* Waits (bounded) until the peer thread finished its connection. */
 static inline int peer_wait_finished(peer *p, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
   while (!p->finished && now_seconds() < end) {
     struct timespec ts;
