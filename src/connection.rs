@@ -16,10 +16,12 @@ use std::cell::Cell;
 use std::ffi::{CString, c_void};
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -217,8 +219,9 @@ impl Default for Config {
 
 #[derive(Default)]
 struct State {
-    /// Set once connected; cleared when the connection ends so the fd closes.
-    stream: Option<Arc<TcpStream>>,
+    /// The socket's fd while connected, for host threads to write to
+    /// directly; `Socket` unpublishes it under this lock before closing it.
+    fd: Option<RawFd>,
     /// Bytes queued but not yet written: `out[out_off..]`.
     out: Vec<u8>,
     out_off: usize,
@@ -407,8 +410,8 @@ impl Connection {
         // Nothing queued: write now, on the caller's thread, as libuv does;
         // only what the socket does not take wakes the task.
         if queued == 0
-            && let Some(s) = &st.stream
-            && let Ok(n) = s.try_write(data)
+            && let Some(fd) = st.fd
+            && let Some(n) = send_now(fd, data)
         {
             rest = &data[n..];
             log!("connection", self.id, "sent {n} bytes");
@@ -713,7 +716,6 @@ impl Connection {
             let mut st = self.lock();
             st.finished = true;
             st.closed = true;
-            st.stream = None;
             st.out = Vec::new();
             st.out_off = 0;
             if let End::Error(e) = &end {
@@ -862,13 +864,20 @@ impl Connection {
         })
     }
 
-    /// Reads what is ready (a few chunks at most), delivering DATA. Returns
-    /// Ok(true) at end of stream.
-    fn read_ready(self: &Arc<Self>, s: &TcpStream, last_read: &mut Instant) -> Result<bool> {
+    /// Reads what is ready (a few chunks at most), delivering DATA.
+    /// Returns Ready(true) at end of stream, Pending once nothing is left
+    /// (the task is then registered for readability) or Ready(false) when
+    /// it stopped early to let other work run.
+    fn poll_read_some(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        s: &mut TcpStream,
+        last_read: &mut Instant,
+    ) -> Poll<Result<bool>> {
         let mut buf = READ_BUF
             .take()
             .unwrap_or_else(|| vec![0u8; READ_CHUNK].into_boxed_slice());
-        let mut result = Ok(false);
+        let mut result = Poll::Ready(Ok(false));
         for i in 0..READS_PER_TURN {
             if i > 0
                 && self.cfg.dispatcher.is_some()
@@ -876,25 +885,34 @@ impl Connection {
             {
                 break;
             }
-            match s.try_read(&mut buf) {
-                Ok(0) => {
-                    result = Ok(true);
+            // poll_read, unlike try_read, takes a short read as the end of
+            // what is ready: no extra read() only to meet EAGAIN.
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *s).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if i == 0 {
+                        result = Poll::Pending;
+                    }
                     break;
                 }
-                Ok(n) => {
+                Poll::Ready(Err(e)) => {
+                    result = Poll::Ready(Err(Error::io(&e, "read")));
+                    break;
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        result = Poll::Ready(Ok(true));
+                        break;
+                    }
                     log!("connection", self.id, "received {n} bytes");
                     if self.cfg.idle_timeout.is_some() {
                         *last_read = Instant::now();
                     }
                     self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
-                    if self.close_requested() {
+                    if n < buf.len() || self.close_requested() {
                         break;
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    result = Err(Error::io(&e, "read"));
-                    break;
                 }
             }
         }
@@ -905,7 +923,12 @@ impl Connection {
     /// The established connection's work, as one poll function: no
     /// per-connection futures besides an optional idle timer, so an idle
     /// connection costs little more than its socket.
-    fn poll_serve(self: &Arc<Self>, cx: &mut Context<'_>, s: &TcpStream, io: &mut Io) -> Poll<End> {
+    fn poll_serve(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        s: &mut TcpStream,
+        io: &mut Io,
+    ) -> Poll<End> {
         for _ in 0..ROUNDS_PER_POLL {
             let snap = match self.flush(s, cx.waker()) {
                 Ok(snap) => snap,
@@ -919,29 +942,25 @@ impl Connection {
             }
             let mut progress = false;
             if !io.peer_ended && snap.room {
-                match s.poll_read_ready(cx) {
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::Error(Error::io(&e, "read"))),
-                    Poll::Ready(Ok(())) => {
+                match self.poll_read_some(cx, s, &mut io.last_read) {
+                    Poll::Pending => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e)),
+                    Poll::Ready(Ok(ended)) => {
                         progress = true;
-                        match self.read_ready(s, &mut io.last_read) {
-                            Ok(false) => {}
-                            Ok(true) => {
-                                io.peer_ended = true;
-                                log!("connection", self.id, "end: the peer finished sending");
-                                if !self.cfg.allow_half_open {
-                                    self.lock().closed = true;
-                                }
-                                self.deliver(
-                                    EventType::NETEV_EVENT_END,
-                                    &[],
-                                    None,
-                                    After::AutoShutdown,
-                                );
+                        if ended {
+                            io.peer_ended = true;
+                            log!("connection", self.id, "end: the peer finished sending");
+                            if !self.cfg.allow_half_open {
+                                self.lock().closed = true;
                             }
-                            Err(e) => return Poll::Ready(End::Error(e)),
+                            self.deliver(
+                                EventType::NETEV_EVENT_END,
+                                &[],
+                                None,
+                                After::AutoShutdown,
+                            );
                         }
                     }
-                    Poll::Pending => {}
                 }
             }
             if snap.want_write {
@@ -975,7 +994,7 @@ impl Connection {
         Poll::Pending
     }
 
-    async fn serve(self: &Arc<Self>, s: Arc<TcpStream>) -> End {
+    async fn serve(self: &Arc<Self>, s: &mut TcpStream) -> End {
         let mut io = Io {
             peer_ended: false,
             last_read: Instant::now(),
@@ -985,7 +1004,7 @@ impl Connection {
                 .idle_timeout
                 .map(|t| Box::pin(tokio::time::sleep(t))),
         };
-        poll_fn(|cx| self.poll_serve(cx, &s, &mut io)).await
+        poll_fn(|cx| self.poll_serve(cx, s, &mut io)).await
     }
 }
 
@@ -1055,7 +1074,7 @@ impl Finisher {
             },
         };
         let stream = match stream.and_then(|s| conn.configure(&s).map(|_| s)) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => s,
             Err(e) => return self.finish(End::Error(e)),
         };
         if conn.remote.get().is_none()
@@ -1069,8 +1088,12 @@ impl Finisher {
                 drop(st);
                 return self.finish(End::Close);
             }
-            st.stream = Some(stream.clone());
+            st.fd = Some(stream.as_raw_fd());
         }
+        let mut socket = Socket {
+            conn: conn.clone(),
+            stream,
+        };
         log!(
             "connection",
             conn.id,
@@ -1078,9 +1101,43 @@ impl Finisher {
             conn.remote().endpoint()
         );
         conn.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
-        let end = conn.serve(stream).await;
+        let end = conn.serve(&mut socket.stream).await;
+        drop(socket);
         self.finish(end);
     }
+}
+
+/// An established connection's socket, owned by its task. Host threads
+/// write to its fd directly while the fd is published in the state; this
+/// unpublishes it under the state lock before the fd closes, so no host
+/// write can reach a closed, or reused, descriptor.
+struct Socket {
+    conn: Arc<Connection>,
+    stream: TcpStream,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.conn.lock().fd = None;
+    }
+}
+
+/// Writes what the socket takes now, without blocking; None when it takes
+/// nothing (full, or failing: the task then meets the error itself).
+fn send_now(fd: RawFd, data: &[u8]) -> Option<usize> {
+    // SAFETY: `fd` is published only while the `Socket` owning it is alive
+    // and the caller holds the state lock, which `Socket::drop` takes before
+    // the fd can close; `data` is a live slice. MSG_NOSIGNAL keeps a reset
+    // peer from raising SIGPIPE in the host.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).ok().filter(|n| *n > 0)
 }
 
 impl Drop for Finisher {
