@@ -237,6 +237,8 @@ struct State {
     finished: bool,
     /// A send was refused: DRAIN is owed once the queue is low.
     refused: bool,
+    /// TERMINATE is being delivered: the host has seen, or is seeing, the end.
+    terminating: bool,
     /// The TERMINATE callback has returned.
     terminated: bool,
     host_refs: u32,
@@ -560,9 +562,11 @@ impl Connection {
         if st.host_refs > 0 {
             return Ok(());
         }
-        let terminated = st.terminated;
+        let ending = st.terminating;
         drop(st);
-        if terminated {
+        if ending {
+            // TERMINATE was delivered (or is being): nothing more concerns
+            // the host, and a handle it gave back must not outlive the call.
             handle::remove(self.id);
         } else if self.listener == 0 {
             self.close_now();
@@ -658,6 +662,9 @@ impl Connection {
         error: Option<&Error>,
         after: After,
     ) -> bool {
+        if matches!(after, After::Terminated) {
+            self.lock().terminating = true;
+        }
         let cb = self.cfg.callback(ty);
         if let Some(cb) = cb {
             let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);

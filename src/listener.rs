@@ -167,7 +167,6 @@ pub struct Listener {
     pub id: netev_listener,
     port: u16,
     cfg: ListenerConfig,
-    rt: tokio::runtime::Handle,
     state: Mutex<State>,
     wake: Notify,
     /// Dispatcher mode: accepted sockets waiting for the host's decision.
@@ -244,7 +243,6 @@ impl Listener {
             id: handle::next_id(),
             port,
             cfg,
-            rt: rt.clone(),
             state: Mutex::new(State {
                 socket: Some(socket),
                 terminated: false,
@@ -422,7 +420,13 @@ impl Listener {
                     "accepted {} as connection {id}",
                     remote.endpoint()
                 );
-                Connection::adopt(id, stream, peer, self.id, cfg, &self.rt);
+                match runtime::handle() {
+                    Ok(rt) => {
+                        Connection::adopt(id, stream, peer, self.id, cfg, &rt);
+                    }
+                    // Shutting down between the check above and here.
+                    Err(_) => drop(stream),
+                }
             }
             Err(e) => {
                 let e = Error::new(

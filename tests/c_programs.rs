@@ -1,6 +1,24 @@
 //! Builds each C test program under tests/c against include/netev.h and
 //! libnetev.so, exactly as a host would, and runs it in its own process
 //! with a time limit. A program passes when it exits 0.
+//!
+//! `NETEV_C_TEST_MODE` picks how the programs are built and run:
+//! - `plain` (the default): as above.
+//! - `asan`: built with `-fsanitize=address,undefined` (the C side is
+//!   instrumented; libnetev itself is not, but every allocation it makes goes
+//!   through ASan's malloc, so LeakSanitizer sees its leaks too). Any ASan or
+//!   UBSan report, or a leak at exit, fails the program.
+//! - `valgrind`: run under `valgrind --leak-check=full` with definite,
+//!   indirect and possible leaks counted as errors. "Still reachable" blocks
+//!   (process-lifetime statics of the Rust runtime and glibc) are not: netev
+//!   promises nothing leaks once `netev_runtime_shutdown` returned, and a
+//!   "possible" leak (a pointer into the middle of a block) would be a real
+//!   one after shutdown since no netev thread is left to own it.
+//!
+//! Under valgrind the programs see `NETEV_TEST_SCALE=small` (heavy tests run
+//! a smaller version) and `NETEV_TEST_VALGRIND=1`; every mode but plain gets `NETEV_TEST_TIME_FACTOR`
+//! (the watchdog and the harness limit stretch by it). `NETEV_LIB_PATH`
+//! always names the libnetev.so under test (for the dlopen test).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,41 +35,92 @@ fn lib_dir() -> PathBuf {
     exe.parent().map(Path::to_path_buf).expect("deps directory")
 }
 
-fn compile(name: &str) -> PathBuf {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Plain,
+    Asan,
+    Valgrind,
+}
+
+fn mode() -> Mode {
+    match std::env::var("NETEV_C_TEST_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("plain") => Mode::Plain,
+        Ok("asan") => Mode::Asan,
+        Ok("valgrind") => Mode::Valgrind,
+        Ok(other) => panic!("NETEV_C_TEST_MODE={other}: expected plain, asan or valgrind"),
+    }
+}
+
+/// How much slower than plain a mode runs: stretches every time limit.
+fn time_factor() -> u32 {
+    match mode() {
+        Mode::Plain => 1,
+        Mode::Asan => 3,
+        Mode::Valgrind => 10,
+    }
+}
+
+/// How a program is linked against netev.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// `-lnetev`, as a host would.
+    Shared,
+    /// Not linked: the program loads the library with dlopen/dlsym.
+    Dlopen,
+}
+
+fn compile(name: &str, link: Link) -> PathBuf {
     let lib = lib_dir();
     assert!(
         lib.join("libnetev.so").exists(),
         "{} is missing: cargo test builds it with the library",
         lib.join("libnetev.so").display()
     );
-    let out_dir = lib.join("..").join("c-tests");
+    let dir = match mode() {
+        Mode::Asan => "c-tests-asan",
+        _ => "c-tests",
+    };
+    let out_dir = lib.join("..").join(dir);
     std::fs::create_dir_all(&out_dir).expect("create c-tests dir");
     let exe = out_dir.join(name);
     let src = root().join("tests/c").join(format!("{name}.c"));
-    let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()))
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-g",
-            "-O1",
-            "-pthread",
-        ])
-        .arg("-I")
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()));
+    cmd.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-g",
+        "-O1",
+        "-pthread",
+    ]);
+    if mode() == Mode::Asan {
+        cmd.args([
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]);
+    }
+    cmd.arg("-I")
         .arg(root().join("include"))
         .arg("-I")
         .arg(root().join("tests/c"))
         .arg(&src)
         .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lnetev")
-        .output()
-        .expect("run the C compiler");
+        .arg(&exe);
+    match link {
+        Link::Shared => {
+            cmd.arg("-L")
+                .arg(&lib)
+                .arg(format!("-Wl,-rpath,{}", lib.display()))
+                .arg("-lnetev");
+        }
+        Link::Dlopen => {
+            cmd.arg("-ldl");
+        }
+    }
+    let output = cmd.output().expect("run the C compiler");
     assert!(
         output.status.success(),
         "compiling {}:\n{}",
@@ -61,19 +130,99 @@ fn compile(name: &str) -> PathBuf {
     exe
 }
 
+/// How one program runs, beyond the mode.
+#[derive(Clone, Copy)]
+struct Run {
+    link: Link,
+    /// The program deliberately exits without netev_runtime_shutdown:
+    /// leak checking would only report what it chose not to free.
+    no_leak_check: bool,
+}
+
+const DEFAULT_RUN: Run = Run {
+    link: Link::Shared,
+    no_leak_check: false,
+};
+
 /// Compiles and runs tests/c/<name>.c; fails on a non-zero exit or after `limit`.
 pub fn run_c(name: &str, limit: Duration) -> String {
-    let exe = compile(name);
+    run_c_with(name, limit, DEFAULT_RUN)
+}
+
+fn run_c_with(name: &str, limit: Duration, run: Run) -> String {
+    let exe = compile(name, run.link);
+    let limit = limit * time_factor();
+    let mut cmd = match mode() {
+        Mode::Valgrind => {
+            let mut c = Command::new("valgrind");
+            // A forked child (hygiene_fork, load_10k) inherits the parent's
+            // heap without the threads that own it: its leak report would
+            // be noise. It is judged by its exit status instead.
+            c.args([
+                "-q",
+                "--error-exitcode=99",
+                "--trace-children=no",
+                "--child-silent-after-fork=yes",
+            ]);
+            if run.no_leak_check {
+                c.arg("--leak-check=no");
+            } else {
+                c.args([
+                    "--leak-check=full",
+                    "--show-leak-kinds=definite,indirect,possible",
+                    "--errors-for-leak-kinds=definite,indirect,possible",
+                ]);
+            }
+            c.arg(&exe);
+            c.env("NETEV_TEST_SCALE", "small");
+            c.env("NETEV_TEST_VALGRIND", "1");
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    if mode() == Mode::Asan {
+        let leaks = if run.no_leak_check { 0 } else { 1 };
+        cmd.env(
+            "ASAN_OPTIONS",
+            format!(
+                "detect_leaks={leaks}:abort_on_error=0:exitcode=98:allocator_may_return_null=1"
+            ),
+        )
+        .env(
+            "UBSAN_OPTIONS",
+            "print_stacktrace=1:halt_on_error=1:exitcode=97",
+        )
+        .env("LSAN_OPTIONS", "exitcode=96");
+    }
+    if let Ok(scale) = std::env::var("NETEV_TEST_SCALE") {
+        cmd.env("NETEV_TEST_SCALE", scale);
+    }
     // cargo's LD_LIBRARY_PATH also names target/<profile>, where a stale
     // libnetev.so from an earlier `cargo build` may sit and would win over
     // the program's rpath: point it at this build's library only.
-    let mut child = Command::new(&exe)
+    let mut child = cmd
         .env("LD_LIBRARY_PATH", lib_dir())
+        .env("NETEV_LIB_PATH", lib_dir().join("libnetev.so"))
+        .env("NETEV_TEST_TIME_FACTOR", time_factor().to_string())
         .current_dir(lib_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the C test");
+    // Drain the pipes while the program runs: a chatty program (valgrind,
+    // a sanitizer report) must not block on a full pipe.
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out_pipe, &mut v).ok();
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err_pipe, &mut v).ok();
+        v
+    });
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("poll the C test") {
@@ -81,15 +230,17 @@ pub fn run_c(name: &str, limit: Duration) -> String {
         }
         if start.elapsed() > limit {
             let _ = child.kill();
+            let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = child
-        .wait_with_output()
-        .expect("collect the C test's output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    if std::env::var_os("NETEV_C_TEST_TIMES").is_some() {
+        eprintln!("{name}: {:.1}s ({:?})", elapsed.as_secs_f64(), mode());
+    }
     match status {
         None => panic!("{name} ran past {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
         Some(s) if !s.success() => {
@@ -137,7 +288,107 @@ c_tests!(
     listener_ownership,
     listener_dispatcher,
     listener_accept_errors,
+    shutdown_pending_accept,
+    // reliability: faults, load, fuzzing, process hygiene
+    fault_reset,
+    fault_half_close_while_sending,
+    fault_fd_exhaustion_client,
+    fault_backlog_full,
+    fault_shutdown_1000,
+    load_10k,
+    load_1gib,
+    fuzz_api,
+    hygiene_sigpipe,
+    hygiene_fork,
 );
+
+/// dlopen → use → netev_runtime_shutdown → dlclose, five times: the
+/// program is not linked with netev and finds it through NETEV_LIB_PATH.
+#[test]
+fn hygiene_dlopen() {
+    run_c_with(
+        "hygiene_dlopen",
+        Duration::from_secs(120),
+        Run {
+            link: Link::Dlopen,
+            no_leak_check: false,
+        },
+    );
+}
+
+/// A host that exits without netev_runtime_shutdown exits 0 promptly. It
+/// keeps connections open on purpose, so leak checking is off for it.
+#[test]
+fn hygiene_atexit() {
+    let start = Instant::now();
+    let out = run_c_with(
+        "hygiene_atexit",
+        Duration::from_secs(30),
+        Run {
+            link: Link::Shared,
+            no_leak_check: true,
+        },
+    );
+    assert!(
+        out.contains("exiting without netev_runtime_shutdown\natexit handler ran\n"),
+        "the program did not reach its own atexit handler:\n{out}"
+    );
+    let limit = Duration::from_secs(10) * time_factor();
+    assert!(
+        start.elapsed() < limit,
+        "exit took {:?} (limit {limit:?})",
+        start.elapsed()
+    );
+}
+
+/// Only netev_ functions are exported from libnetev.so. `nm -D
+/// --defined-only` lists the dynamic symbols the library defines; with
+/// Rust's cdylib version script that is the `#[no_mangle]` functions and
+/// nothing else (no Rust std, no `rust_eh_personality`, no `_init`/`_fini`
+/// entries, which are not dynamic symbols). Nothing besides `netev_`
+/// functions is allowed: a data symbol or another name would be a leak of
+/// internals into the host's namespace.
+#[test]
+fn hygiene_symbols() {
+    let lib = lib_dir().join("libnetev.so");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+        .expect("run nm (binutils)");
+    assert!(
+        out.status.success(),
+        "nm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut functions = 0;
+    let mut bad = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // "<address> <type> <name>"; versioned names look like name@@VERS.
+        let mut parts = line.split_whitespace();
+        let (Some(_addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bad.push(line.to_string());
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if kind == "T" && name.starts_with("netev_") {
+            functions += 1;
+        } else {
+            bad.push(line.to_string());
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "libnetev.so exports more than netev_ functions:\n{}",
+        bad.join("\n")
+    );
+    assert!(
+        functions >= 30,
+        "only {functions} netev_ functions exported:\n{text}"
+    );
+}
 
 /// Struct sizes and field offsets seen by a C compiler equal Rust's.
 #[test]

@@ -130,7 +130,7 @@ static inline void rec_event(recorder *r, const netev_event *e) {
   r->last_thread = pthread_self();
   if (r->check_thread && !pthread_equal(r->expect_thread, pthread_self()))
     r->wrong_thread++;
-  if (e->type == NETEV_EVENT_DATA) {
+  if (e->type == NETEV_EVENT_DATA && e->data_len > 0) { /* memcpy from NULL is UB even for 0 bytes */
     if (r->data_len + e->data_len > r->data_cap) {
       size_t cap = r->data_cap ? r->data_cap : 4096;
       while (cap < r->data_len + e->data_len) cap *= 2;
@@ -269,6 +269,7 @@ typedef struct peer {
   unsigned char *got; /* SINK: bytes read */
   size_t got_len, got_cap;
   int finished;       /* the peer thread is done with its connection */
+  int accept_errno;   /* errno of a failed accept, else 0 */
 } peer;
 
 /* The byte at offset i of the pattern every test sends. */
@@ -304,7 +305,10 @@ static void *peer_main(void *arg) {
   peer *p = arg;
   unsigned char buf[65536];
   int fd = accept(p->listen_fd, NULL, NULL);
-  if (fd < 0) return NULL;
+  if (fd < 0) {
+    p->accept_errno = errno;
+    return NULL;
+  }
   p->conn_fd = fd;
   switch (p->mode) {
   case PEER_ECHO:

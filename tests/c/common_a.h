@@ -156,7 +156,7 @@ static inline void sleep_ms(int ms) {
 /* Polls until the connection handle answers NETEV_ERR_INVALID_HANDLE (the
  * handle dies just after TERMINATE returns); bounded. */
 static inline int wait_handle_invalid(netev_connection c, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   for (;;) {
     uint16_t port;
     if (netev_connection_port(c, &port) == NETEV_ERR_INVALID_HANDLE) return 1;

@@ -57,7 +57,7 @@ static inline int fd_readable(int fd, int timeout_ms) {
 
 /* Waits (bounded) until a common.h peer has kept at least `n` bytes. */
 static inline int peer_wait_got(peer *p, size_t n, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
   while (p->got_len < n && now_seconds() < end) {
     struct timespec ts;
@@ -172,7 +172,7 @@ static inline size_t flood_peer_written(flood_peer *p) {
  * everything, at most `seconds` in all. Returns 1 when it stalled, 0 when it
  * finished writing, -1 when the time ran out. */
 static inline int flood_peer_wait_stall(flood_peer *p, double quiet, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
   size_t last = p->written;
   double last_change = now_seconds();
@@ -200,7 +200,7 @@ static inline int flood_peer_wait_stall(flood_peer *p, double quiet, double seco
 }
 
 static inline int flood_peer_wait_finished(flood_peer *p, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
   while (!p->finished && now_seconds() < end) {
     struct timespec ts;
@@ -276,7 +276,7 @@ static inline void multi_peer_start(multi_peer *p, int max) {
 
 /* Waits (bounded) until `n` connections were accepted. */
 static inline int multi_peer_wait_accepted(multi_peer *p, int n, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
   while (p->accepted < n && now_seconds() < end) {
     struct timespec ts;

@@ -23,7 +23,7 @@ static inline void sleep_ms(long ms) {
  * conditions no callback signals (a handle going invalid right after its
  * TERMINATE callback returned). */
 static inline int poll_until(int (*pred)(void *), void *arg, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   while (!pred(arg)) {
     if (now_seconds() >= end) return pred(arg);
     sleep_ms(1);
@@ -91,7 +91,7 @@ static inline uint16_t bsd_local_port(int fd) {
 
 /* Reads exactly n bytes within `seconds`; returns 0, or -1 (EOF, error, time). */
 static inline int bsd_recv_exact(int fd, unsigned char *b, size_t n, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   while (n > 0) {
     double left = end - now_seconds();
     if (left <= 0) return -1;
@@ -112,7 +112,7 @@ static inline int bsd_recv_exact(int fd, unsigned char *b, size_t n, double seco
  * errno of a failed recv (ECONNRESET …), ETIMEDOUT when nothing came, or
  * -1 when bytes arrived instead. */
 static inline int bsd_recv_end(int fd, double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   for (;;) {
     double left = end - now_seconds();
     if (left <= 0) return ETIMEDOUT;
@@ -388,7 +388,7 @@ static inline uint16_t lsn_open(lsn_server *s, const char *bind_address) {
 /* Waits until `pred(s, arg)` holds (under the lock) or `seconds` pass. */
 static inline int lsn_wait(lsn_server *s, int (*pred)(lsn_server *, long), long arg,
                            double seconds) {
-  double end = now_seconds() + seconds;
+  double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&s->mu);
   while (!pred(s, arg)) {
     double left = end - now_seconds();

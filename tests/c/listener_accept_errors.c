@@ -8,6 +8,13 @@
 
 int main(void) {
   watchdog(60);
+  if (getenv("NETEV_TEST_VALGRIND")) {
+    /* valgrind enforces its own descriptor limit after the kernel call: an
+     * accept() above it is closed and reported as EMFILE, so the waiting
+     * connection itself is lost and can never be accepted later. */
+    printf("skipped under valgrind: it emulates RLIMIT_NOFILE by closing accepted fds\n");
+    return 0;
+  }
   lsn_server s;
   lsn_init(&s);
   uint16_t port = lsn_open(&s, "127.0.0.1");
