@@ -7,7 +7,7 @@
  *   $connection.wait(30)    // onData calls $connection.shutdown() when all came back
  *
  * Usage: sync_send [HOST] PORT [MESSAGE]    (HOST defaults to 127.0.0.1)
- * Try it against any echo server, e.g. examples-c/echo_peer.py.
+ * Try it against any echo server, e.g. examples-c/echo_server.c.
  */
 #define _POSIX_C_SOURCE 200809L
 

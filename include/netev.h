@@ -305,7 +305,9 @@ typedef struct netev_error_info {
  * peer's ip and port and, in `connection`, the handle the connection will
  * have; it becomes valid once this returns true. `options` is pre-filled
  * from the listener's `connection_defaults`: edit it and return true to
- * accept, or return false to close the socket at once.
+ * accept, or return false to close the socket at once. If the options
+ * returned with true are invalid, the socket is closed, the listener gets
+ * an ERROR, and their `user_data_free` (if set) is called once.
  */
 typedef bool (*netev_accept_callback)(netev_listener listener,
                                       const struct netev_event *event,

@@ -124,7 +124,10 @@ impl Error {
         use io::ErrorKind as K;
         let code = match err.kind() {
             K::ConnectionRefused => NETEV_ERR_CONNECTION_REFUSED,
-            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => NETEV_ERR_CONNECTION_RESET,
+            // NotConnected: a shutdown() after the peer's reset arrived.
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::NotConnected => {
+                NETEV_ERR_CONNECTION_RESET
+            }
             K::AddrInUse => NETEV_ERR_ADDRESS_IN_USE,
             K::PermissionDenied => NETEV_ERR_PERMISSION_DENIED,
             K::TimedOut => NETEV_ERR_TIMEOUT,
@@ -254,6 +257,20 @@ mod tests {
         assert_eq!(Status::name_of(16), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(Status::name_of(-1), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(NETEV_ERR_TIMEOUT.name(), "NETEV_ERR_TIMEOUT");
+    }
+
+    #[test]
+    fn os_errors_map_to_statuses() {
+        let code = |errno| Error::io(&io::Error::from_raw_os_error(errno), "x").code;
+        assert_eq!(code(libc::ECONNREFUSED), NETEV_ERR_CONNECTION_REFUSED);
+        assert_eq!(code(libc::ECONNRESET), NETEV_ERR_CONNECTION_RESET);
+        assert_eq!(code(libc::EPIPE), NETEV_ERR_CONNECTION_RESET);
+        assert_eq!(code(libc::ENOTCONN), NETEV_ERR_CONNECTION_RESET);
+        assert_eq!(code(libc::EADDRINUSE), NETEV_ERR_ADDRESS_IN_USE);
+        assert_eq!(code(libc::EACCES), NETEV_ERR_PERMISSION_DENIED);
+        assert_eq!(code(libc::EMFILE), NETEV_ERR_IO);
+        let e = Error::io(&io::Error::from_raw_os_error(libc::EMFILE), "accept");
+        assert_eq!((e.os_error, e.component), (libc::EMFILE, "os"));
     }
 
     #[test]

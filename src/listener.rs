@@ -19,7 +19,9 @@ use tokio::sync::{Notify, Semaphore};
 /// peer's ip and port and, in `connection`, the handle the connection will
 /// have; it becomes valid once this returns true. `options` is pre-filled
 /// from the listener's `connection_defaults`: edit it and return true to
-/// accept, or return false to close the socket at once.
+/// accept, or return false to close the socket at once. If the options
+/// returned with true are invalid, the socket is closed, the listener gets
+/// an ERROR, and their `user_data_free` (if set) is called once.
 #[allow(non_camel_case_types)]
 pub type netev_accept_callback = Option<
     unsafe extern "C" fn(
@@ -429,6 +431,15 @@ impl Listener {
                 }
             }
             Err(e) => {
+                // The host accepted and handed its user_data over: with no
+                // connection to end in TERMINATE, give it back now.
+                if let Some(free) = options.user_data_free {
+                    dispatch::guard(|| {
+                        // SAFETY: the host's own function for its own
+                        // pointer; nothing else will ever call it for this one.
+                        unsafe { free(options.user_data) }
+                    });
+                }
                 let e = Error::new(
                     e.code,
                     format!("connection options from on_connection: {}", e.message),

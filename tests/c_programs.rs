@@ -288,6 +288,7 @@ c_tests!(
     listener_ownership,
     listener_dispatcher,
     listener_accept_errors,
+    listener_bad_options,
     shutdown_pending_accept,
     // reliability: faults, load, fuzzing, process hygiene
     fault_reset,
