@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Runs netev's benchmark suite: every echo server through every load mode,
+interleaved round by round, and prints one table per mode.
+
+See benches/README.md. Python 3 standard library only.
+"""
+
+import argparse
+import datetime
+import os
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+MODES = ["pingpong", "bulk1", "bulk8", "connect", "idle"]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    log("+ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def build(args):
+    """Builds libnetev, tokio_echo and the C programs; returns their paths."""
+    if args.lib_dir:
+        lib_dir = os.path.abspath(args.lib_dir)
+    else:
+        sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+        lib_dir = os.path.join(ROOT, "target", "release")
+    if args.tokio_bin:
+        tokio = os.path.abspath(args.tokio_bin)
+    else:
+        sh(["cargo", "build", "--release", "--quiet", "--example", "tokio_echo"], cwd=ROOT)
+        tokio = os.path.join(ROOT, "target", "release", "examples", "tokio_echo")
+    if not os.path.exists(os.path.join(lib_dir, "libnetev.so")):
+        sys.exit(f"run.py: {lib_dir}/libnetev.so is missing")
+    try:
+        uv_cflags = subprocess.run(["pkg-config", "--cflags", "libuv"], check=True, capture_output=True,
+                                   text=True).stdout.split()
+        uv_libs = subprocess.run(["pkg-config", "--libs", "libuv"], check=True, capture_output=True,
+                                 text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit("run.py: libuv not found by pkg-config: install libuv1-dev and pkg-config "
+                 "(.ci/run installs them)")
+    out = os.path.abspath(args.build_dir)
+    os.makedirs(os.path.join(out, "lib"), exist_ok=True)
+    # Snapshot the library and tokio_echo: a cargo build elsewhere during a
+    # long run must not change what is measured halfway through.
+    shutil.copy2(os.path.join(lib_dir, "libnetev.so"), os.path.join(out, "lib", "libnetev.so"))
+    lib_dir = os.path.join(out, "lib")
+    shutil.copy2(tokio, os.path.join(out, "tokio_echo"))
+    tokio = os.path.join(out, "tokio_echo")
+    cc = os.environ.get("CC", "cc")
+    base = [cc, "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror"]
+    progs = {
+        "loadgen": base + [os.path.join(HERE, "loadgen.c")],
+        "epoll_echo": base + [os.path.join(HERE, "epoll_echo.c")],
+        "uv_echo": base + uv_cflags + [os.path.join(HERE, "uv_echo.c")] + uv_libs,
+        "netev_echo": base + ["-I" + os.path.join(ROOT, "include"), os.path.join(HERE, "netev_echo.c"),
+                              "-L" + lib_dir, "-Wl,-rpath," + lib_dir, "-lnetev", "-pthread"],
+    }
+    paths = {}
+    for name, cmd in progs.items():
+        path = os.path.join(out, name)
+        sh(cmd[:1] + ["-o", path] + cmd[1:])
+        paths[name] = path
+    paths["tokio_echo"] = tokio
+    return paths
+
+
+def server_commands(paths, pinned):
+    n = paths["netev_echo"]
+    servers = [("netev", [n, "0"])]
+    if pinned:
+        servers.append(("netev-w1", [n, "--workers", "1", "0"]))
+    servers += [
+        ("netev-dispatcher", [n, "--dispatcher", "0"]),
+        ("libuv", [paths["uv_echo"], "0"]),
+        ("epoll", [paths["epoll_echo"], "0"]),
+        ("tokio", [paths["tokio_echo"], "0"]),
+    ]
+    return servers
+
+
+def read_line(proc, timeout, what):
+    """The next line of proc's stdout, or exit with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"{what}: no output within {timeout} s")
+        r, _, _ = select.select([proc.stdout], [], [], left)
+        if r:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{what}: ended early (exit {proc.wait()})")
+            return line.strip()
+
+
+def vmrss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def parse_result(text, what):
+    for line in reversed(text.splitlines()):
+        if line.startswith("result "):
+            return {k: float(v) if v.replace(".", "", 1).isdigit() else v
+                    for k, v in (kv.split("=", 1) for kv in line.split()[1:])}
+    raise RuntimeError(f"{what}: no result line in: {text!r}")
+
+
+def run_one(name, argv, mode, pinned, args, paths):
+    srv_pin = ["taskset", "-c", "0"] if pinned else []
+    gen_pin = ["taskset", "-c", "1"] if pinned else []
+    what = f"{name} {mode}{' pinned' if pinned else ''}"
+    srv = subprocess.Popen(srv_pin + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = read_line(srv, 20, what + " (server start)")
+        if not first.startswith("port "):
+            raise RuntimeError(f"{what}: server printed {first!r}, expected 'port N'")
+        port = first.split()[1]
+        gen = [paths["loadgen"]]
+        common = ["--port", port, "--server-pid", str(srv.pid)]
+        timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+        if mode == "pingpong":
+            cmd = gen + ["pingpong", "--conns", "50", "--size", "64"] + common + timing
+        elif mode in ("bulk1", "bulk8"):
+            cmd = gen + ["bulk", "--conns", mode[4:]] + common + timing
+        elif mode == "connect":
+            cmd = gen + ["connect"] + common + timing
+        if mode != "idle":
+            p = subprocess.run(gen_pin + cmd, capture_output=True, text=True, timeout=args.duration * 4 + 60)
+            if p.returncode != 0:
+                raise RuntimeError(f"{what}: loadgen failed (exit {p.returncode}): {p.stderr.strip()}")
+            res = parse_result(p.stdout, what)
+        else:
+            before = vmrss_kib(srv.pid)
+            lg = subprocess.Popen(gen_pin + gen + ["idle", "--conns", str(args.idle_conns)] + common,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = read_line(lg, 120, what + " (loadgen)")
+            if not line.startswith("ready"):
+                raise RuntimeError(f"{what}: loadgen printed {line!r}")
+            time.sleep(0.2)  # let the server finish its last callbacks
+            after = vmrss_kib(srv.pid)
+            out, err = lg.communicate("\n", timeout=60)
+            if lg.returncode != 0:
+                raise RuntimeError(f"{what}: loadgen failed (exit {lg.returncode}): {err.strip()}")
+            res = {"rss_before_kib": before, "rss_after_kib": after,
+                   "kib_per_conn": (after - before) / args.idle_conns}
+    finally:
+        if srv.poll() is None:
+            srv.send_signal(signal.SIGTERM)
+        try:
+            _, serr = srv.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            _, serr = srv.communicate()
+            raise RuntimeError(f"{what}: server did not exit within 20 s of SIGTERM")
+    if srv.returncode != 0:
+        raise RuntimeError(f"{what}: server exited {srv.returncode} after SIGTERM: {serr.strip()}")
+    return res
+
+
+# What each mode's table shows: (key, heading, format, ratio to libuv?)
+COLUMNS = {
+    "pingpong": [("cpu_us_per_rt", "server CPU µs/round trip", "{:.2f}", True),
+                 ("rt_per_s", "round trips/s", "{:,.0f}", True),
+                 ("p50_us", "p50 µs", "{:.0f}", False),
+                 ("p99_us", "p99 µs", "{:.0f}", False),
+                 ("p999_us", "p99.9 µs", "{:.0f}", False)],
+    "bulk1": [("cpu_ms_per_gib", "server CPU ms/GiB", "{:.0f}", True),
+              ("mib_per_s", "MiB/s echoed", "{:,.0f}", True)],
+    "connect": [("cpu_us_per_conn", "server CPU µs/connection", "{:.1f}", True),
+                ("conns_per_s", "connections/s", "{:,.0f}", True)],
+    "idle": [("rss_before_kib", "VmRSS before KiB", "{:,.0f}", False),
+             ("rss_after_kib", "VmRSS after KiB", "{:,.0f}", False),
+             ("kib_per_conn", "KiB/connection", "{:.2f}", True)],
+}
+COLUMNS["bulk8"] = COLUMNS["bulk1"]
+TITLES = {
+    "pingpong": "ping-pong: 50 connections, 64-byte messages",
+    "bulk1": "bulk: 1 connection streaming, every byte echoed and checked",
+    "bulk8": "bulk: 8 connections streaming",
+    "connect": "connect: connect, 1 byte each way, close (16 at a time)",
+    "idle": "idle: server memory for {n} idle connections",
+}
+
+
+def cell(values, fmt):
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def table(results, mode, servers, args):
+    cols = COLUMNS[mode]
+    head = ["server"]
+    for key, title, fmt, ratio in cols:
+        head.append(title)
+        if ratio:
+            head.append("×libuv")
+    rows = []
+    base = results.get("libuv", [])
+    for name in servers:
+        runs = results.get(name, [])
+        if not runs:
+            continue
+        row = [name]
+        for key, title, fmt, ratio in cols:
+            vals = [r[key] for r in runs]
+            row.append(cell(vals, fmt))
+            if ratio:
+                bvals = [r[key] for r in base]
+                b = statistics.median(bvals) if bvals else 0
+                row.append(f"{statistics.median(vals) / b:.2f}" if b else "–")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(r, widths))) + " |")
+    return "\n".join(lines)
+
+
+def med(results, server, mode, key):
+    runs = results.get(mode, {}).get(server, [])
+    return statistics.median([r[key] for r in runs]) if runs else None
+
+
+def targets(res):
+    """The issue's targets, checked on the pinned pass."""
+    out = []
+
+    def check(label, value, limit, ok):
+        if value is None or limit is None:
+            out.append(f"- {label}: not measured")
+        else:
+            out.append(f"- {label}: {value:.3g} vs {limit:.3g} → {'MET' if ok(value, limit) else 'NOT MET'}")
+
+    for variant in ("netev", "netev-w1"):
+        for mode, key, what in (("pingpong", "cpu_us_per_rt", "CPU µs/round trip (pingpong 50)"),
+                                ("bulk8", "cpu_ms_per_gib", "CPU ms/GiB (bulk 8)"),
+                                ("connect", "cpu_us_per_conn", "CPU µs/connection (connect)")):
+            check(f"{variant} {what} ≤ libuv", med(res, variant, mode, key), med(res, "libuv", mode, key),
+                  lambda v, b: v <= b)
+        check(f"{variant} round trips/s ≥ libuv", med(res, variant, "pingpong", "rt_per_s"),
+              med(res, "libuv", "pingpong", "rt_per_s"), lambda v, b: v >= b)
+        check(f"{variant} KiB per idle connection ≤ 1", med(res, variant, "idle", "kib_per_conn"), 1.0,
+              lambda v, b: v <= b)
+    for mode, key, what in (("pingpong", "cpu_us_per_rt", "pingpong 50"), ("bulk8", "cpu_ms_per_gib", "bulk 8"),
+                            ("connect", "cpu_us_per_conn", "connect")):
+        b = med(res, "libuv", mode, key)
+        check(f"netev-dispatcher CPU per unit ({what}) ≤ 1.5 × libuv", med(res, "netev-dispatcher", mode, key),
+              b * 1.5 if b else None, lambda v, lim: v <= lim)
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring (default 0.5)")
+    ap.add_argument("--idle-conns", type=int, default=10000)
+    ap.add_argument("--passes", default="pinned,unpinned", help="pinned, unpinned or both (default both)")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--servers", default=None, help="comma-separated subset of the servers")
+    ap.add_argument("--quick", action="store_true", help="smoke test: tiny durations, 1 round")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "target", "benches"))
+    ap.add_argument("--lib-dir", help="use this libnetev.so directory instead of cargo build --release")
+    ap.add_argument("--tokio-bin", help="use this tokio_echo instead of cargo build --release --example")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.idle_conns = 1, 0.2, 200
+        if args.warmup is None:
+            args.warmup = 0.05
+    if args.warmup is None:
+        args.warmup = 0.5
+    modes = args.modes.split(",")
+    passes = args.passes.split(",")
+    for m in modes:
+        if m not in MODES:
+            sys.exit(f"run.py: unknown mode {m}")
+    if "pinned" in passes and (os.cpu_count() or 1) < 2:
+        log("run.py: fewer than 2 CPUs: no pinned pass")
+        passes = [p for p in passes if p != "pinned"]
+    if "pinned" in passes and not shutil.which("taskset"):
+        sys.exit("run.py: taskset (util-linux) is needed for the pinned pass")
+
+    # Both sides inherit the raised descriptor limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.idle_conns + 100:
+        sys.exit(f"run.py: RLIMIT_NOFILE hard limit {hard} is below --idle-conns {args.idle_conns} + 100")
+
+    paths = build(args)
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    all_results = {}
+    for pss in passes:
+        pinned = pss == "pinned"
+        servers = server_commands(paths, pinned)
+        if args.servers:
+            keep = args.servers.split(",")
+            servers = [s for s in servers if s[0] in keep]
+        res = all_results.setdefault(pss, {})
+        for rnd in range(args.rounds):
+            for mode in modes:
+                k = rnd % len(servers)
+                for name, argv in servers[k:] + servers[:k]:  # a different server goes first each round
+                    log(f"[{pss} round {rnd + 1}/{args.rounds}] {mode} {name}")
+                    r = run_one(name, argv, mode, pinned, args, paths)
+                    res.setdefault(mode, {}).setdefault(name, []).append(r)
+    with open("/proc/loadavg") as f:
+        load_after = f.read().split()[:3]
+
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    print(f"netev benchmarks — {started:%Y-%m-%d %H:%M} UTC, {time.monotonic() - t0:.0f} s")
+    print(f"command: benches/run.sh {' '.join(sys.argv[1:])}".rstrip())
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip() or "unknown"
+    except OSError:
+        rev = "unknown"
+    print(f"netev: git {rev}")
+    print(f"machine: nproc {os.cpu_count()}, {cpu_model}, kernel {os.uname().release}")
+    print(f"load average before: {' '.join(load_before)}, after: {' '.join(load_after)}")
+    print(f"rounds {args.rounds}, {args.duration:g} s measured per run (after {args.warmup:g} s warm-up); "
+          "cells: median (min–max over rounds); ×libuv: median ÷ libuv's median")
+    for pss, res in all_results.items():
+        servers = [s for s, _ in server_commands(paths, pss == "pinned")]
+        where = ("pinned: server on CPU 0, load generator on CPU 1" if pss == "pinned"
+                 else "unpinned: server and load generator free to use every core")
+        print(f"\n## {where}")
+        for mode in modes:
+            if mode in res:
+                print(f"\n### {TITLES[mode].format(n=args.idle_conns)}\n")
+                print(table(res[mode], mode, servers, args))
+        if pss == "pinned":
+            print("\n### targets (pinned)\n")
+            print(targets(res))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RuntimeError as e:
+        sys.exit(f"run.py: {e}")
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"run.py: {' '.join(e.cmd)} failed (exit {e.returncode})")

@@ -1,0 +1,132 @@
+//! Smoke test of the benchmark suite (benches/): builds every echo server
+//! and the load generator, and runs `benches/run.sh --quick` — each server
+//! through each mode for a fraction of a second, every echoed byte checked.
+//! No timed assertions: it only checks that the programs build, that every
+//! run succeeds and that the tables are printed.
+//!
+//! It uses the libnetev.so that `cargo test` just built and the tokio_echo
+//! example from the same build (cargo test builds examples), so it never
+//! starts a nested cargo on the build directory it runs from.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn benchmark_suite_quick_run() {
+    let libuv = Command::new("pkg-config")
+        .args(["--exists", "libuv"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        libuv,
+        "libuv was not found by pkg-config: the benchmark suite needs libuv1-dev and pkg-config \
+         (.ci/run installs them; by hand: apt-get install libuv1-dev pkg-config)"
+    );
+
+    // target/<profile>/deps holds this test and the libnetev.so built with it;
+    // the examples are in target/<profile>/examples.
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps directory").to_path_buf();
+    assert!(
+        deps.join("libnetev.so").exists(),
+        "{} is missing: cargo test builds it with the library",
+        deps.join("libnetev.so").display()
+    );
+    let mut tokio = deps
+        .parent()
+        .expect("profile directory")
+        .join("examples")
+        .join("tokio_echo");
+    if !tokio.exists() {
+        // `cargo test --test benches_smoke` builds no examples: build it in a
+        // target directory of its own (the outer cargo holds this one).
+        let target = root().join("target").join("benches-smoke-cargo");
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "tokio_echo",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(root())
+            .status()
+            .expect("run cargo");
+        assert!(st.success(), "cargo build --example tokio_echo failed");
+        tokio = target.join("debug").join("examples").join("tokio_echo");
+    }
+
+    let build_dir = root().join("target").join("benches-smoke");
+    let start = Instant::now();
+    let child = Command::new(root().join("benches").join("run.sh"))
+        .arg("--quick")
+        .arg("--lib-dir")
+        .arg(&deps)
+        .arg("--tokio-bin")
+        .arg(&tokio)
+        .arg("--build-dir")
+        .arg(&build_dir)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start benches/run.sh");
+    // A watchdog: the quick run takes about 15 s.
+    let limit = Duration::from_secs(300);
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: kill with signal 0 only probes whether our child lives.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: our own child, by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().expect("wait for benches/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let killed = watchdog.join().unwrap_or(false);
+    assert!(
+        !killed,
+        "benches/run.sh --quick did not finish within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "benches/run.sh --quick failed ({}) after {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+        start.elapsed()
+    );
+    for heading in [
+        "### ping-pong",
+        "### bulk: 1 connection",
+        "### bulk: 8 connections",
+        "### connect",
+        "### idle",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "no {heading:?} table in:\n{stdout}"
+        );
+    }
+    for server in [
+        "| netev ",
+        "| netev-dispatcher ",
+        "| libuv ",
+        "| epoll ",
+        "| tokio ",
+    ] {
+        assert!(stdout.contains(server), "no {server:?} row in:\n{stdout}");
+    }
+}
