@@ -18,6 +18,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -269,6 +270,8 @@ pub struct Connection {
     state: Mutex<State>,
     /// Signals waiters in `wait` when no dispatcher is involved.
     ended: Condvar,
+    /// The handle is in the table (see `current`).
+    in_table: AtomicBool,
 }
 
 /// How the connection ended.
@@ -290,6 +293,8 @@ enum After {
 thread_local! {
     /// Each I/O thread's read buffer: connections hold none while idle.
     static READ_BUF: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+    /// The connection whose callback runs on this thread (see `current`).
+    static CURRENT: Cell<*const Connection> = const { Cell::new(std::ptr::null()) };
 }
 
 impl Connection {
@@ -334,8 +339,38 @@ impl Connection {
         conn
     }
 
+    /// Removes the handle: calls on it fail from now on, from any thread.
+    fn unregister(&self) {
+        self.in_table.store(false, Ordering::Release);
+        handle::remove(self.id);
+    }
+
+    /// This connection, if `id` names it and one of its callbacks is running
+    /// on this thread: found without the handle table's lock, which is the
+    /// common case of a callback sending on its own connection.
+    pub(crate) fn current(id: netev_connection) -> Option<Arc<Connection>> {
+        let p = CURRENT.get();
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: CURRENT is set only by `invoke` around a callback, while
+        // it holds an Arc to this connection, and restored before that Arc
+        // can go: the pointee is alive for as long as the callback runs.
+        let c = unsafe { &*p };
+        if c.id != id || !c.in_table.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: `p` came from Arc::as_ptr of a live Arc (see above); the
+        // new strong count is given back when the returned Arc drops.
+        unsafe {
+            Arc::increment_strong_count(p);
+            Some(Arc::from_raw(p))
+        }
+    }
+
     /// Registers the handle and spawns the connection's task.
     fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle, accepted: Option<TcpStream>) {
+        self.in_table.store(true, Ordering::Release);
         handle::insert(self.id, Object::Connection(self.clone()));
         let task = Finisher::new(self.clone());
         let live = LiveTask::start();
@@ -368,6 +403,7 @@ impl Connection {
                 ..State::default()
             }),
             ended: Condvar::new(),
+            in_table: AtomicBool::new(false),
         }
     }
 
@@ -567,7 +603,7 @@ impl Connection {
         if ending {
             // TERMINATE was delivered (or is being): nothing more concerns
             // the host, and a handle it gave back must not outlive the call.
-            handle::remove(self.id);
+            self.unregister();
         } else if self.listener == 0 {
             self.close_now();
         }
@@ -673,11 +709,13 @@ impl Connection {
                 message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
                 ev = ev.with_error(e, &message);
             }
+            let outer = CURRENT.replace(Arc::as_ptr(self));
             dispatch::guard(|| {
                 // SAFETY: the host registered `cb` for this event type; `ev`
                 // and what it points to live until the call returns.
                 unsafe { cb(self.id, &ev, self.cfg.user_data.0) }
             });
+            CURRENT.set(outer);
         }
         match after {
             After::Nothing => {}
@@ -713,7 +751,7 @@ impl Connection {
             d.unbind();
         }
         if unowned {
-            handle::remove(self.id);
+            self.unregister();
         }
     }
 
@@ -825,7 +863,7 @@ impl Connection {
     /// Writes what the socket takes, shuts the write side when asked and
     /// the queue is empty, and registers the task's waker — all in one
     /// critical section, so a host change after it always wakes the task.
-    fn flush(&self, s: &TcpStream, waker: &Waker) -> Result<Snapshot> {
+    fn flush(&self, s: &TcpStream, waker: &Waker, peer_ended: bool) -> Result<Snapshot> {
         let mut st = self.lock();
         let before = st.queued();
         while st.out_off < st.out.len() {
@@ -855,9 +893,13 @@ impl Connection {
             st.refused = false;
         }
         if st.queued() == 0 && st.write_shut_requested && !st.write_shut_done {
-            socket2::SockRef::from(s)
-                .shutdown(std::net::Shutdown::Write)
-                .map_err(|e| Error::io(&e, "shutdown"))?;
+            // With the peer's side ended too, the connection closes right
+            // after this, and close() sends the same FIN: spare the call.
+            if !peer_ended {
+                socket2::SockRef::from(s)
+                    .shutdown(std::net::Shutdown::Write)
+                    .map_err(|e| Error::io(&e, "shutdown"))?;
+            }
             st.write_shut_done = true;
             log!("connection", self.id, "shutdown done: write side closed");
         }
@@ -937,7 +979,7 @@ impl Connection {
         io: &mut Io,
     ) -> Poll<End> {
         for _ in 0..ROUNDS_PER_POLL {
-            let snap = match self.flush(s, cx.waker()) {
+            let snap = match self.flush(s, cx.waker(), io.peer_ended) {
                 Ok(snap) => snap,
                 Err(e) => return Poll::Ready(End::Error(e)),
             };

@@ -69,6 +69,9 @@ fn check_process() -> Result<()> {
 
 pub fn connection(id: u64) -> Result<Arc<Connection>> {
     check_process()?;
+    if let Some(c) = Connection::current(id) {
+        return Ok(c);
+    }
     match get(id) {
         Some(Object::Connection(c)) => Ok(c),
         _ => Err(Error::handle(id, "connection")),

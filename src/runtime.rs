@@ -4,7 +4,7 @@
 use crate::error::{Error, Result, Status};
 use crate::handle::{self, Object};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, Runtime};
@@ -139,7 +139,10 @@ pub fn init(options: &netev_runtime_options) -> Result<()> {
 
 /// Counts connection tasks still running, so shutdown can wait for their
 /// last events instead of cutting them off.
-static LIVE: Mutex<usize> = Mutex::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Taken only to sleep on, and to signal, the last task's end during
+/// shutdown: a task's start and end otherwise cost one atomic each.
+static LIVE_LOCK: Mutex<()> = Mutex::new(());
 static LIVE_CHANGED: Condvar = Condvar::new();
 
 /// Held by each running task; dropping it marks the task finished.
@@ -147,21 +150,22 @@ pub struct LiveTask(());
 
 impl LiveTask {
     pub fn start() -> LiveTask {
-        *LIVE.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        LIVE.fetch_add(1, Ordering::AcqRel);
         LiveTask(())
     }
 }
 
 impl Drop for LiveTask {
     fn drop(&mut self) {
-        let mut n = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        LIVE_CHANGED.notify_all();
+        if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 && shutting_down() {
+            let _held = LIVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            LIVE_CHANGED.notify_all();
+        }
     }
 }
 
 fn live_tasks() -> usize {
-    *LIVE.lock().unwrap_or_else(|p| p.into_inner())
+    LIVE.load(Ordering::Acquire)
 }
 
 /// Ends every open object (each TERMINATE runs once), then stops netev's
@@ -215,9 +219,9 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
             }
             None => slice,
         };
-        let n = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-        if *n > 0 {
-            let _ = LIVE_CHANGED.wait_timeout(n, wait);
+        let held = LIVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if live_tasks() > 0 {
+            let _ = LIVE_CHANGED.wait_timeout(held, wait);
         }
     }
     let rt = lock().take();
