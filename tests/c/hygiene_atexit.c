@@ -7,6 +7,11 @@
 #include "common_b.h"
 #include "common_listener.h"
 
+/* Static, not on main's stack: callbacks may still run on netev's threads
+ * while the process exits, and must find these alive. */
+static lsn_server s;
+static recorder r, r2;
+
 static void bye(void) {
   printf("atexit handler ran\n");
   fflush(stdout);
@@ -15,10 +20,8 @@ static void bye(void) {
 int main(void) {
   watchdog(30);
   CHECK(atexit(bye) == 0);
-  lsn_server s;
   lsn_init(&s);
   uint16_t port = lsn_open(&s, "127.0.0.1");
-  recorder r;
   rec_init(&r);
   netev_connection c = client_open("127.0.0.1", port, &r);
   CHECK_OK(netev_connection_send(c, "ping", 4));
@@ -28,7 +31,6 @@ int main(void) {
   /* A connection to a full BSD queue: still connecting at exit. */
   uint16_t full;
   int lfd = listen_loopback(&full, 0);
-  recorder r2;
   rec_init(&r2);
   netev_connection c2 = client_open("127.0.0.1", full, &r2);
   CHECK_OK(netev_connection_send(c2, "queued", 6));
