@@ -9,7 +9,15 @@ fn main() {
     // Let a host dlclose() netev safely: its runtime's thread-local
     // destructors and atfork handler must never point into unmapped code.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libnetev.so");
+    // The SONAME: plain `libnetev.so` for the in-tree build (examples and
+    // tests link target/*/libnetev.so directly); scripts/install.sh sets
+    // NETEV_SONAME=libnetev.so.0, the ABI major, for an installed library.
+    println!("cargo:rerun-if-env-changed=NETEV_SONAME");
+    let soname = std::env::var("NETEV_SONAME").unwrap_or_else(|_| "libnetev.so".into());
+    if soname.is_empty() || soname.contains(|c: char| c.is_whitespace() || c == ',' || c == '/') {
+        panic!("NETEV_SONAME={soname:?}: expected a file name such as libnetev.so.0");
+    }
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
     let config = match cbindgen::Config::from_file(dir.join("cbindgen.toml")) {
         Ok(c) => c,
         Err(e) => panic!("cbindgen.toml: {e}"),

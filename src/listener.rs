@@ -427,19 +427,14 @@ impl Listener {
                         Connection::adopt(id, stream, peer, self.id, cfg, &rt);
                     }
                     // Shutting down between the check above and here.
-                    Err(_) => drop(stream),
+                    Err(_) => {
+                        drop(stream);
+                        give_back(&options);
+                    }
                 }
             }
             Err(e) => {
-                // The host accepted and handed its user_data over: with no
-                // connection to end in TERMINATE, give it back now.
-                if let Some(free) = options.user_data_free {
-                    dispatch::guard(|| {
-                        // SAFETY: the host's own function for its own
-                        // pointer; nothing else will ever call it for this one.
-                        unsafe { free(options.user_data) }
-                    });
-                }
+                give_back(&options);
                 let e = Error::new(
                     e.code,
                     format!("connection options from on_connection: {}", e.message),
@@ -500,6 +495,18 @@ impl Listener {
         if unowned {
             handle::remove(self.id);
         }
+    }
+}
+
+/// The host accepted and handed its user_data over, but no connection
+/// started (so no TERMINATE will free it): free it now, once.
+fn give_back(options: &netev_connection_options) {
+    if let Some(free) = options.user_data_free {
+        dispatch::guard(|| {
+            // SAFETY: the host's own function for its own pointer; with no
+            // connection, nothing else will ever call it for this one.
+            unsafe { free(options.user_data) }
+        });
     }
 }
 

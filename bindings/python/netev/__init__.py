@@ -1,0 +1,1337 @@
+"""netev for Python: event-driven TCP modelled on 4D's TCPConnection,
+TCPListener and TCPEvent, through netev's C ABI (ctypes, standard library
+only). ``include/netev.h`` is the reference for every rule; this module
+only maps it to Python.
+
+Loading: the ``NETEV_LIB`` environment variable names libnetev.so when set;
+otherwise ``ctypes.util.find_library("netev")`` (an installed netev), else
+``target/release`` (then ``target/debug``) of the repository this file sits
+in.
+
+Threads: callbacks of an object opened without a dispatcher run on netev's
+I/O threads (ctypes takes the GIL for them), concurrently for different
+objects. Name a :class:`Dispatcher` in the options and call its
+:meth:`Dispatcher.run` (or :meth:`Connection.wait`), or
+:meth:`Dispatcher.attach` it to an asyncio loop, to have every callback run
+on that Python thread instead.
+
+Lifetime: the binding keeps each object's Python callables (and the object
+handed to them) alive until the object's TERMINATE; the C function pointers
+are module-level ctypes objects that live as long as the module. A client
+connection keeps running when its last Python reference is dropped; it ends
+on its own, or with close(), release() or shutdown_runtime().
+
+Callback exceptions: an exception raised by a callback never reaches netev.
+It is appended to the object's ``callback_errors`` list (the newest 64 are
+kept) and handed to ``sys.unraisablehook`` (which pytest and custom hooks
+see; the default hook prints it to stderr as "Exception ignored in ...").
+An exception in a listener's ``on_connection`` rejects that connection.
+KeyboardInterrupt or SystemExit raised by a callback that runs inside a
+binding call on a Python thread (dispatcher run, wait, release, close,
+shutdown_runtime) is raised again by that call once it returns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import ctypes.util
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    byref,
+    c_bool,
+    c_char,
+    c_char_p,
+    c_double,
+    c_int,
+    c_int32,
+    c_size_t,
+    c_uint8,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+
+__all__ = [
+    "Connection",
+    "Listener",
+    "Dispatcher",
+    "Event",
+    "ErrorInfo",
+    "NetevError",
+    "NullArgument",
+    "InvalidArgument",
+    "InvalidHandle",
+    "ConnectionClosed",
+    "BufferFull",
+    "NetevTimeout",
+    "WouldDeadlock",
+    "ConnectionRefused",
+    "ConnectionReset",
+    "HostNotFound",
+    "AddressInUse",
+    "NetevPermissionDenied",
+    "NetevIOError",
+    "RuntimeShutdown",
+    "InternalError",
+    "Status",
+    "shutdown_runtime",
+    "init_runtime",
+    "version",
+    "status_name",
+    "log_open",
+    "log_close",
+    "set_log_callback",
+    "lib",
+]
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def _load() -> ctypes.CDLL:
+    path = os.environ.get("NETEV_LIB")
+    if path:
+        return ctypes.CDLL(path)
+    found = ctypes.util.find_library("netev")
+    if found:
+        try:
+            return ctypes.CDLL(found)
+        except OSError:
+            pass
+    repo = Path(__file__).resolve().parents[3]
+    tried = []
+    for profile in ("release", "debug"):
+        candidate = repo / "target" / profile / "libnetev.so"
+        tried.append(str(candidate))
+        if candidate.exists():
+            return ctypes.CDLL(str(candidate))
+    raise OSError(
+        "netev: libnetev.so not found: set NETEV_LIB to its path, install netev, "
+        "or run `cargo build --release` (tried NETEV_LIB, find_library('netev'), "
+        + ", ".join(tried)
+        + ")"
+    )
+
+
+lib = _load()
+
+# ---------------------------------------------------------------------------
+# Constants and structs, exactly as include/netev.h
+# ---------------------------------------------------------------------------
+
+NETEV_IP_TEXT_LEN = 46
+NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS = 30
+NETEV_DEFAULT_SEND_BUFFER_LIMIT = 8 << 20
+
+
+class Status:
+    """The netev_status numbers (fixed forever)."""
+
+    OK = 0
+    ERR_NULL_ARGUMENT = 1
+    ERR_INVALID_ARGUMENT = 2
+    ERR_INVALID_HANDLE = 3
+    ERR_CLOSED = 4
+    ERR_BUFFER_FULL = 5
+    ERR_TIMEOUT = 6
+    ERR_WOULD_DEADLOCK = 7
+    ERR_CONNECTION_REFUSED = 8
+    ERR_CONNECTION_RESET = 9
+    ERR_HOST_NOT_FOUND = 10
+    ERR_ADDRESS_IN_USE = 11
+    ERR_PERMISSION_DENIED = 12
+    ERR_IO = 13
+    ERR_SHUTDOWN = 14
+    ERR_INTERNAL = 15
+
+
+EVENT_CONNECTION = 1
+EVENT_DATA = 2
+EVENT_ERROR = 3
+EVENT_CLOSE = 4
+EVENT_TERMINATE = 5
+EVENT_DRAIN = 6
+EVENT_END = 7
+
+# C enums (netev_status, netev_event_type) are int-sized.
+c_enum = c_int
+netev_connection = c_uint64
+netev_listener = c_uint64
+netev_dispatcher = c_uint64
+
+
+class netev_event(Structure):
+    _fields_ = [
+        ("type", c_enum),
+        ("connection", netev_connection),
+        ("data", POINTER(c_uint8)),
+        ("data_len", c_size_t),
+        ("ip", c_char * NETEV_IP_TEXT_LEN),
+        ("port", c_uint16),
+        ("error", c_enum),
+        ("os_error", c_int32),
+        ("message", c_char_p),
+    ]
+
+
+netev_connection_callback = CFUNCTYPE(None, netev_connection, POINTER(netev_event), c_void_p)
+netev_user_data_free = CFUNCTYPE(None, c_void_p)
+
+
+class netev_connection_options(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("on_connection", netev_connection_callback),
+        ("on_data", netev_connection_callback),
+        ("on_shutdown", netev_connection_callback),
+        ("on_error", netev_connection_callback),
+        ("on_terminate", netev_connection_callback),
+        ("on_drain", netev_connection_callback),
+        ("on_end", netev_connection_callback),
+        ("user_data", c_void_p),
+        ("user_data_free", netev_user_data_free),
+        ("no_delay", c_bool),
+        ("allow_half_open", c_bool),
+        ("keepalive", c_double),
+        ("idle_timeout", c_double),
+        ("connection_timeout", c_double),
+        ("send_buffer_limit", c_size_t),
+        ("dispatcher", netev_dispatcher),
+    ]
+
+
+class netev_error_info(Structure):
+    _fields_ = [
+        ("code", c_enum),
+        ("os_error", c_int32),
+        ("message", c_char * 256),
+        ("component", c_char * 32),
+    ]
+
+
+netev_accept_callback = CFUNCTYPE(
+    c_bool, netev_listener, POINTER(netev_event), c_void_p, POINTER(netev_connection_options)
+)
+netev_listener_callback = CFUNCTYPE(None, netev_listener, POINTER(netev_event), c_void_p)
+
+
+class netev_listener_options(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("on_connection", netev_accept_callback),
+        ("on_error", netev_listener_callback),
+        ("on_terminate", netev_listener_callback),
+        ("user_data", c_void_p),
+        ("bind_address", c_char_p),
+        ("backlog", c_uint32),
+        ("reuse_port", c_bool),
+        ("connection_defaults", netev_connection_options),
+        ("dispatcher", netev_dispatcher),
+    ]
+
+
+class netev_runtime_options(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("worker_threads", c_uint32),
+    ]
+
+
+netev_log_callback = CFUNCTYPE(None, c_char_p, c_void_p)
+
+_P = POINTER
+_SIGNATURES = {
+    "netev_status_name": (c_char_p, [c_int32]),
+    "netev_event_type_name": (c_char_p, [c_int32]),
+    "netev_last_error_message": (c_size_t, [c_char_p, c_size_t]),
+    "netev_version": (c_char_p, []),
+    "netev_connection_options_init": (c_enum, [_P(netev_connection_options)]),
+    "netev_connection_open": (
+        c_enum,
+        [c_char_p, c_uint16, _P(netev_connection_options), _P(netev_connection)],
+    ),
+    "netev_connection_send": (c_enum, [netev_connection, c_void_p, c_size_t]),
+    "netev_connection_shutdown": (c_enum, [netev_connection]),
+    "netev_connection_wait": (c_enum, [netev_connection, c_double]),
+    "netev_connection_close": (c_enum, [netev_connection]),
+    "netev_connection_retain": (c_enum, [netev_connection]),
+    "netev_connection_release": (c_enum, [netev_connection]),
+    "netev_connection_address": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
+    "netev_connection_port": (c_enum, [netev_connection, _P(c_uint16)]),
+    "netev_connection_closed": (c_enum, [netev_connection, _P(c_bool)]),
+    "netev_connection_no_delay": (c_enum, [netev_connection, _P(c_bool)]),
+    "netev_connection_listener": (c_enum, [netev_connection, _P(netev_listener)]),
+    "netev_connection_user_data": (c_enum, [netev_connection, _P(c_void_p)]),
+    "netev_connection_buffered_amount": (c_enum, [netev_connection, _P(c_size_t)]),
+    "netev_connection_error_count": (c_enum, [netev_connection, _P(c_size_t)]),
+    "netev_connection_error_at": (c_enum, [netev_connection, c_size_t, _P(netev_error_info)]),
+    "netev_listener_options_init": (c_enum, [_P(netev_listener_options)]),
+    "netev_listener_open": (c_enum, [c_uint16, _P(netev_listener_options), _P(netev_listener)]),
+    "netev_listener_port": (c_enum, [netev_listener, _P(c_uint16)]),
+    "netev_listener_terminate": (c_enum, [netev_listener]),
+    "netev_listener_release": (c_enum, [netev_listener]),
+    "netev_listener_error_count": (c_enum, [netev_listener, _P(c_size_t)]),
+    "netev_listener_error_at": (c_enum, [netev_listener, c_size_t, _P(netev_error_info)]),
+    "netev_dispatcher_create": (c_enum, [_P(netev_dispatcher)]),
+    "netev_dispatcher_run": (c_enum, [netev_dispatcher, c_double, _P(c_size_t)]),
+    "netev_dispatcher_fd": (c_enum, [netev_dispatcher, _P(c_int)]),
+    "netev_dispatcher_release": (c_enum, [netev_dispatcher]),
+    "netev_runtime_options_init": (c_enum, [_P(netev_runtime_options)]),
+    "netev_runtime_init": (c_enum, [_P(netev_runtime_options)]),
+    "netev_runtime_shutdown": (c_enum, [c_double]),
+    "netev_log_open": (c_enum, [c_char_p]),
+    "netev_log_close": (c_enum, []),
+    "netev_log_set_callback": (c_enum, [netev_log_callback, c_void_p]),
+}
+
+for _name, (_restype, _argtypes) in _SIGNATURES.items():
+    _fn = getattr(lib, _name)
+    _fn.restype = _restype
+    _fn.argtypes = _argtypes
+del _name, _restype, _argtypes, _fn
+
+# ---------------------------------------------------------------------------
+# Exceptions
+# ---------------------------------------------------------------------------
+
+
+class NetevError(Exception):
+    """A netev call failed: ``status`` is the netev_status number, ``name``
+    its identifier ("NETEV_ERR_TIMEOUT"), ``message`` netev's words."""
+
+    status = -1
+
+    def __init__(self, status: int, message: str = ""):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    @property
+    def name(self) -> str:
+        return status_name(self.status)
+
+    def __str__(self) -> str:
+        if not self.message:
+            return self.name
+        if self.message.startswith(self.name):  # netev's messages often name it
+            return self.message
+        return f"{self.name}: {self.message}"
+
+
+class NullArgument(NetevError):
+    status = Status.ERR_NULL_ARGUMENT
+
+
+class InvalidArgument(NetevError, ValueError):
+    status = Status.ERR_INVALID_ARGUMENT
+
+
+class InvalidHandle(NetevError):
+    status = Status.ERR_INVALID_HANDLE
+
+
+class ConnectionClosed(NetevError):
+    status = Status.ERR_CLOSED
+
+
+class BufferFull(NetevError):
+    status = Status.ERR_BUFFER_FULL
+
+
+class NetevTimeout(NetevError):
+    status = Status.ERR_TIMEOUT
+
+
+class WouldDeadlock(NetevError):
+    status = Status.ERR_WOULD_DEADLOCK
+
+
+class ConnectionRefused(NetevError):
+    status = Status.ERR_CONNECTION_REFUSED
+
+
+class ConnectionReset(NetevError):
+    status = Status.ERR_CONNECTION_RESET
+
+
+class HostNotFound(NetevError):
+    status = Status.ERR_HOST_NOT_FOUND
+
+
+class AddressInUse(NetevError):
+    status = Status.ERR_ADDRESS_IN_USE
+
+
+class NetevPermissionDenied(NetevError):
+    status = Status.ERR_PERMISSION_DENIED
+
+
+class NetevIOError(NetevError):
+    status = Status.ERR_IO
+
+
+class RuntimeShutdown(NetevError):
+    status = Status.ERR_SHUTDOWN
+
+
+class InternalError(NetevError):
+    status = Status.ERR_INTERNAL
+
+
+_EXCEPTIONS = {
+    cls.status: cls
+    for cls in (
+        NullArgument,
+        InvalidArgument,
+        InvalidHandle,
+        ConnectionClosed,
+        BufferFull,
+        NetevTimeout,
+        WouldDeadlock,
+        ConnectionRefused,
+        ConnectionReset,
+        HostNotFound,
+        AddressInUse,
+        NetevPermissionDenied,
+        NetevIOError,
+        RuntimeShutdown,
+        InternalError,
+    )
+}
+
+
+def error_for(status: int, message: str = "") -> NetevError:
+    """The exception instance for a status (NetevError for an unknown one)."""
+    return _EXCEPTIONS.get(status, NetevError)(status, message)
+
+
+def status_name(status: int) -> str:
+    return lib.netev_status_name(int(status)).decode()
+
+
+def version() -> str:
+    """The loaded library's version, "MAJOR.MINOR.PATCH"."""
+    return lib.netev_version().decode()
+
+
+def _last_error_message() -> str:
+    buf = ctypes.create_string_buffer(512)
+    need = lib.netev_last_error_message(buf, len(buf))
+    if need >= len(buf):
+        buf = ctypes.create_string_buffer(need + 1)
+        lib.netev_last_error_message(buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+# Per thread: how deep inside binding calls, and a KeyboardInterrupt or
+# SystemExit raised by a callback that ran inside one of them.
+_tls = threading.local()
+
+
+def _call(fn, *args, ok=(Status.OK,)) -> int:
+    """Calls a netev function; raises the status's exception unless it is in
+    ``ok``; re-raises a KeyboardInterrupt/SystemExit from a callback that
+    ran on this thread meanwhile."""
+    depth = getattr(_tls, "depth", 0)
+    _tls.depth = depth + 1
+    try:
+        status = fn(*args)
+        message = _last_error_message() if status not in ok else ""
+    finally:
+        _tls.depth = depth
+    pending = getattr(_tls, "pending", None)
+    if pending is not None and depth == 0:
+        _tls.pending = None
+        raise pending
+    if status not in ok:
+        raise error_for(status, message)
+    return status
+
+
+def _bad(message: str) -> InvalidArgument:
+    return InvalidArgument(Status.ERR_INVALID_ARGUMENT, message)
+
+
+def _port(port) -> int:
+    port = int(port)
+    if not 0 <= port <= 0xFFFF:  # ctypes would silently wrap a uint16
+        raise _bad(f"port {port} is out of range 0..65535")
+    return port
+
+
+def _cstr(text: str, what: str) -> bytes:
+    try:
+        b = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _bad(f"{what}: {e}") from None
+    if b"\0" in b:
+        raise _bad(f"{what} contains a NUL character")
+    return b
+
+
+# ---------------------------------------------------------------------------
+# Events and errors
+# ---------------------------------------------------------------------------
+
+_TYPE_NAMES: dict[int, str] = {}
+
+
+def _type_name(code: int) -> str:
+    name = _TYPE_NAMES.get(code)
+    if name is None:
+        name = lib.netev_event_type_name(code).decode()
+        _TYPE_NAMES[code] = name
+    return name
+
+
+class Event:
+    """One event, copied out of netev's borrowed ``netev_event``.
+
+    ``type`` is the 4D name ("connection", "data", "error", "close",
+    "terminate", "drain", "end"); ``data`` the received bytes (b"" for
+    other types); ``ip``/``port`` the remote end; ``error``, ``os_error``
+    and ``message`` are set for "error" (``error`` is the status number, 0
+    otherwise); ``connection`` is the connection's handle (0 for
+    listener-only events)."""
+
+    __slots__ = ("type", "connection", "data", "ip", "port", "error", "os_error", "message")
+
+    def __init__(self, type, connection=0, data=b"", ip="", port=0, error=0, os_error=0, message=""):
+        self.type = type
+        self.connection = connection
+        self.data = data
+        self.ip = ip
+        self.port = port
+        self.error = error
+        self.os_error = os_error
+        self.message = message
+
+    @classmethod
+    def _from_c(cls, p) -> "Event":
+        ev = p.contents
+        n = ev.data_len
+        data = ctypes.string_at(ev.data, n) if n and ev.data else b""
+        msg = ev.message
+        return cls(
+            _type_name(ev.type),
+            ev.connection,
+            data,
+            ev.ip.decode("ascii", "replace"),
+            ev.port,
+            ev.error,
+            ev.os_error,
+            msg.decode("utf-8", "replace") if msg else "",
+        )
+
+    @property
+    def error_name(self) -> str:
+        return status_name(self.error)
+
+    def exception(self) -> NetevError | None:
+        """The error as an exception instance (``ConnectionRefused`` …), or None."""
+        return error_for(self.error, self.message) if self.error else None
+
+    def __repr__(self) -> str:
+        parts = [f"type={self.type!r}"]
+        if self.data:
+            parts.append(f"data=<{len(self.data)} bytes>")
+        if self.ip:
+            parts.append(f"ip={self.ip!r} port={self.port}")
+        if self.error:
+            parts.append(f"error={self.error_name} os_error={self.os_error} message={self.message!r}")
+        return f"Event({' '.join(parts)})"
+
+
+ErrorInfo = collections.namedtuple("ErrorInfo", "code name os_error message component")
+ErrorInfo.__doc__ = "One entry of an errors list (4D: errCode, message, componentSignature)."
+
+
+def _errors(count_fn, at_fn, handle) -> list:
+    n = c_size_t()
+    _call(count_fn, handle, byref(n))
+    out = []
+    info = netev_error_info()
+    for i in range(n.value):
+        try:
+            _call(at_fn, handle, i, byref(info))
+        except InvalidArgument:  # the list moved on meanwhile (newest 64 kept)
+            break
+        out.append(
+            ErrorInfo(
+                info.code,
+                status_name(info.code),
+                info.os_error,
+                info.message.decode("utf-8", "replace"),
+                info.component.decode("utf-8", "replace"),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Callback reporting and the registries
+# ---------------------------------------------------------------------------
+
+_MAX_CALLBACK_ERRORS = 64
+
+
+class _Unraisable:
+    """What sys.unraisablehook receives (the UnraisableHookArgs attributes)."""
+
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc, err_msg, obj):
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = err_msg
+        self.object = obj
+
+
+def _report(exc: BaseException, obj, where: str) -> None:
+    """Records an exception a callback raised; never raises."""
+    try:
+        if not isinstance(exc, Exception) and getattr(_tls, "depth", 0) > 0:
+            # KeyboardInterrupt/SystemExit inside a binding call on a Python
+            # thread: raised again when that call returns.
+            if getattr(_tls, "pending", None) is None:
+                _tls.pending = exc
+            return
+        errs = getattr(obj, "callback_errors", None)
+        if errs is not None:
+            errs.append(exc)
+            del errs[:-_MAX_CALLBACK_ERRORS]
+        msg = f"Exception ignored in netev {where} callback"
+        hook = sys.unraisablehook
+        if hook is sys.__unraisablehook__:
+            # The default hook accepts only CPython's own argument type.
+            print(f"{msg}: {obj!r}", file=sys.stderr)
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        else:
+            hook(_Unraisable(exc, msg, obj))
+    except BaseException:  # noqa: BLE001 - nothing may reach C
+        pass
+
+
+_tokens = itertools.count(1)
+_conn_registry: dict = {}  # token -> _ConnEntry, until user_data_free
+_listener_registry: dict = {}  # token -> _ListenerEntry, until TERMINATE
+
+_CALLBACK_NAMES = ("on_connection", "on_data", "on_shutdown", "on_error", "on_terminate", "on_drain", "on_end")
+_SLOT_FOR_TYPE = {
+    EVENT_CONNECTION: "on_connection",
+    EVENT_DATA: "on_data",
+    EVENT_ERROR: "on_error",
+    EVENT_CLOSE: "on_shutdown",
+    EVENT_TERMINATE: "on_terminate",
+    EVENT_DRAIN: "on_drain",
+    EVENT_END: "on_end",
+}
+_OPTION_NAMES = (
+    "no_delay",
+    "allow_half_open",
+    "keepalive",
+    "idle_timeout",
+    "connection_timeout",
+    "send_buffer_limit",
+    "dispatcher",
+)
+
+
+class _ConnEntry:
+    __slots__ = ("conn", "callbacks")
+
+    def __init__(self, conn, callbacks):
+        self.conn = conn
+        self.callbacks = callbacks
+
+
+class _ListenerEntry:
+    __slots__ = ("listener", "on_connection", "on_error", "on_terminate", "defaults")
+
+    def __init__(self, listener, on_connection, on_error, on_terminate, defaults):
+        self.listener = listener
+        self.on_connection = on_connection
+        self.on_error = on_error
+        self.on_terminate = on_terminate
+        self.defaults = defaults
+
+
+def _conn_trampoline(handle, event_p, user_data):
+    try:
+        entry = _conn_registry.get(user_data)
+        if entry is None:
+            return
+        conn = entry.conn
+        if not conn._handle:
+            conn._handle = handle  # an event before open() returned
+        code = event_p.contents.type
+        if code == EVENT_TERMINATE:
+            conn._terminated = True
+        slot = _SLOT_FOR_TYPE.get(code)
+        cb = entry.callbacks.get(slot)
+        if cb is None:
+            return
+        ev = Event._from_c(event_p)
+        try:
+            cb(conn, ev)
+        except BaseException as exc:  # noqa: BLE001
+            _report(exc, conn, slot)
+    except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
+        _report(exc, None, "netev binding (connection)")
+
+
+def _free_trampoline(user_data):
+    try:
+        _conn_registry.pop(user_data, None)
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+def _listener_trampoline(handle, event_p, user_data):
+    try:
+        entry = _listener_registry.get(user_data)
+        if entry is None:
+            return
+        listener = entry.listener
+        code = event_p.contents.type
+        if code == EVENT_TERMINATE:
+            listener._terminated = True
+            cb, slot = entry.on_terminate, "on_terminate"
+        else:
+            cb, slot = entry.on_error, "on_error"
+        try:
+            if cb is not None:
+                cb(listener, Event._from_c(event_p))
+        except BaseException as exc:  # noqa: BLE001
+            _report(exc, listener, f"listener {slot}")
+        finally:
+            if code == EVENT_TERMINATE:
+                _listener_registry.pop(user_data, None)
+    except BaseException as exc:  # noqa: BLE001
+        _report(exc, None, "netev binding (listener)")
+
+
+def _accept_trampoline(handle, event_p, user_data, options_p):
+    try:
+        entry = _listener_registry.get(user_data)
+        if entry is None:
+            return False
+        listener = entry.listener
+        ev = Event._from_c(event_p)
+        try:
+            if entry.on_connection is None:
+                choice = True
+            else:
+                choice = entry.on_connection(listener, ev)
+            if choice is None or choice is False:
+                return False
+            if choice is True:
+                spec = dict(entry.defaults)
+            elif isinstance(choice, dict):
+                spec = {**entry.defaults, **choice}
+            else:
+                raise TypeError(
+                    f"listener on_connection must return a dict of connection options, "
+                    f"True or None, not {type(choice).__name__}"
+                )
+            conn = Connection._adopt(ev.connection, listener)
+            token = next(_tokens)
+            opts = options_p.contents
+            _fill_options(opts, spec, token, conn)
+            _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec))
+            return True
+        except BaseException as exc:  # noqa: BLE001 - rejects the connection
+            _report(exc, listener, "listener on_connection")
+            return False
+    except BaseException as exc:  # noqa: BLE001
+        _report(exc, None, "netev binding (accept)")
+        return False
+
+
+# The C function pointers: one of each, alive as long as the module.
+_CONN_CB = netev_connection_callback(_conn_trampoline)
+_FREE_CB = netev_user_data_free(_free_trampoline)
+_LISTENER_CB = netev_listener_callback(_listener_trampoline)
+_ACCEPT_CB = netev_accept_callback(_accept_trampoline)
+_NULL_CONN_CB = netev_connection_callback()  # a NULL slot
+
+
+def _callbacks_of(spec: dict) -> dict:
+    return {name: spec[name] for name in _CALLBACK_NAMES if spec.get(name) is not None}
+
+
+def _dispatcher_handle(d) -> int:
+    if d is None:
+        return 0
+    if isinstance(d, Dispatcher):
+        return d._handle
+    return int(d)
+
+
+def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) -> None:
+    """Sets a (pre-initialised) netev_connection_options from keyword options."""
+    for key in spec:
+        if key not in _CALLBACK_NAMES and key not in _OPTION_NAMES:
+            raise TypeError(f"unknown connection option {key!r}")
+    for name in _CALLBACK_NAMES:
+        cb = spec.get(name)
+        if cb is not None and not callable(cb):
+            raise TypeError(f"{name} must be callable")
+        # TERMINATE is always delivered to the binding: it marks the end.
+        setattr(opts, name, _CONN_CB if (cb is not None or name == "on_terminate") else _NULL_CONN_CB)
+    opts.user_data = token
+    opts.user_data_free = _FREE_CB
+    if "no_delay" in spec:
+        opts.no_delay = bool(spec["no_delay"])
+    if "allow_half_open" in spec:
+        opts.allow_half_open = bool(spec["allow_half_open"])
+    for name in ("keepalive", "idle_timeout", "connection_timeout"):
+        if spec.get(name) is not None:
+            setattr(opts, name, float(spec[name]))
+    if spec.get("send_buffer_limit") is not None:
+        limit = int(spec["send_buffer_limit"])
+        if limit < 0:
+            raise _bad("send_buffer_limit must be >= 0")
+        opts.send_buffer_limit = limit
+    if spec.get("dispatcher") is not None:
+        d = spec["dispatcher"]
+        opts.dispatcher = _dispatcher_handle(d)
+        if isinstance(d, Dispatcher):
+            conn._dispatcher = d
+
+
+def _sliced(call, timeout):
+    """Runs ``call(seconds) -> status`` until it returns something other than
+    a timeout, in slices of at most 0.2 s so that Ctrl-C is seen between
+    them. None or a negative timeout: no limit."""
+    slice_ = 0.2
+    if timeout is None:
+        deadline = None
+    else:
+        timeout = float(timeout)
+        if math.isnan(timeout) or 0 <= timeout <= slice_:
+            return call(timeout)
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+    while True:
+        if deadline is None:
+            step = slice_
+        else:
+            step = min(slice_, deadline - time.monotonic())
+            if step <= 0:
+                return Status.ERR_TIMEOUT
+        status = call(step)
+        if status != Status.ERR_TIMEOUT:
+            return status
+
+
+# ---------------------------------------------------------------------------
+# Connection
+# ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A TCP connection (4D's TCPConnection). Open a client with
+    :meth:`Connection.open`; a listener hands accepted ones to their
+    callbacks. Every callback is called as ``callback(connection, event)``.
+
+    A client connection is owned: :meth:`release` (or leaving a ``with``
+    block, or garbage collection after its end) gives the handle back, and
+    closes it if still open. An accepted connection is netev's: its handle
+    is valid until its TERMINATE, unless :meth:`retain` took a reference."""
+
+    def __init__(self, handle: int, *, refs: int, listener=None):
+        self._handle = handle
+        self._refs = refs
+        self._terminated = False
+        self._dispatcher = None
+        self.listener = listener
+        #: Exceptions raised by this connection's callbacks (newest 64).
+        self.callback_errors: list = []
+
+    @classmethod
+    def _adopt(cls, handle, listener) -> "Connection":
+        conn = cls(handle, refs=0, listener=listener)
+        conn._dispatcher = listener._dispatcher
+        return conn
+
+    @classmethod
+    def open(
+        cls,
+        address: str,
+        port: int,
+        *,
+        on_connection=None,
+        on_data=None,
+        on_shutdown=None,
+        on_error=None,
+        on_terminate=None,
+        on_drain=None,
+        on_end=None,
+        no_delay: bool = False,
+        allow_half_open: bool = False,
+        keepalive: float = 0.0,
+        idle_timeout: float = 0.0,
+        connection_timeout: float = 0.0,
+        send_buffer_limit: int = 0,
+        dispatcher=None,
+    ) -> "Connection":
+        """Opens a client connection (returns at once; connecting runs in
+        the background). ``on_shutdown`` receives "close", as in 4D."""
+        spec = dict(
+            on_connection=on_connection,
+            on_data=on_data,
+            on_shutdown=on_shutdown,
+            on_error=on_error,
+            on_terminate=on_terminate,
+            on_drain=on_drain,
+            on_end=on_end,
+            no_delay=no_delay,
+            allow_half_open=allow_half_open,
+            keepalive=keepalive,
+            idle_timeout=idle_timeout,
+            connection_timeout=connection_timeout,
+            send_buffer_limit=send_buffer_limit,
+            dispatcher=dispatcher,
+        )
+        addr = _cstr(address, "address")
+        port = _port(port)
+        conn = cls(0, refs=1)
+        opts = netev_connection_options()
+        _call(lib.netev_connection_options_init, byref(opts))
+        token = next(_tokens)
+        _fill_options(opts, spec, token, conn)
+        _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec))
+        out = netev_connection()
+        try:
+            _call(lib.netev_connection_open, addr, port, byref(opts), byref(out))
+        except BaseException:
+            _conn_registry.pop(token, None)  # no callback ever fires
+            raise
+        conn._handle = out.value
+        return conn
+
+    # -- actions ------------------------------------------------------------
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    def send(self, data) -> None:
+        """Queues a copy of ``data`` (bytes-like). Raises ConnectionClosed
+        after shutdown/close, BufferFull past the send-buffer limit."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        _call(lib.netev_connection_send, self._handle, data, len(data))
+
+    def shutdown(self) -> None:
+        """Closes the write side once queued bytes are out; ends any wait."""
+        _call(lib.netev_connection_shutdown, self._handle)
+
+    def close(self) -> None:
+        """Aborts now: CLOSE then TERMINATE follow."""
+        _call(lib.netev_connection_close, self._handle)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until the connection ended or shutdown was called: True, or
+        False when ``timeout`` seconds ran out (None: no limit). With a
+        dispatcher, its callbacks run on this thread meanwhile."""
+        status = _sliced(
+            lambda t: _call(lib.netev_connection_wait, self._handle, t, ok=(Status.OK, Status.ERR_TIMEOUT)),
+            timeout,
+        )
+        return status == Status.OK
+
+    def retain(self) -> None:
+        """Takes one more reference, given back by release()."""
+        _call(lib.netev_connection_retain, self._handle)
+        self._refs += 1
+
+    def release(self) -> None:
+        """Gives back one reference; the last closes a client connection
+        still open (CLOSE and TERMINATE still fire) and frees the handle."""
+        _call(lib.netev_connection_release, self._handle)
+        if self._refs > 0:
+            self._refs -= 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._refs > 0:
+            self.release()
+
+    def __del__(self):
+        try:
+            while self._refs > 0 and self._handle:
+                self._refs -= 1
+                lib.netev_connection_release(self._handle)
+        except Exception:  # noqa: BLE001 - interpreter exit
+            pass
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        needed = c_size_t()
+        buf = ctypes.create_string_buffer(256)
+        _call(lib.netev_connection_address, self._handle, buf, len(buf), byref(needed))
+        if needed.value >= len(buf):
+            buf = ctypes.create_string_buffer(needed.value + 1)
+            _call(lib.netev_connection_address, self._handle, buf, len(buf), byref(needed))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def port(self) -> int:
+        out = c_uint16()
+        _call(lib.netev_connection_port, self._handle, byref(out))
+        return out.value
+
+    @property
+    def closed(self) -> bool:
+        out = c_bool()
+        _call(lib.netev_connection_closed, self._handle, byref(out))
+        return out.value
+
+    @property
+    def no_delay(self) -> bool:
+        out = c_bool()
+        _call(lib.netev_connection_no_delay, self._handle, byref(out))
+        return out.value
+
+    @property
+    def buffered_amount(self) -> int:
+        out = c_size_t()
+        _call(lib.netev_connection_buffered_amount, self._handle, byref(out))
+        return out.value
+
+    @property
+    def listener_handle(self) -> int:
+        """The accepting listener's handle; 0 for a client connection."""
+        out = netev_listener()
+        _call(lib.netev_connection_listener, self._handle, byref(out))
+        return out.value
+
+    @property
+    def errors(self) -> list:
+        """The errors list (4D's .errors): ErrorInfo entries, oldest first."""
+        return _errors(lib.netev_connection_error_count, lib.netev_connection_error_at, self._handle)
+
+    @property
+    def terminated(self) -> bool:
+        """True once TERMINATE was delivered."""
+        return self._terminated
+
+    def __repr__(self) -> str:
+        kind = "accepted" if self.listener is not None else "client"
+        state = " terminated" if self._terminated else ""
+        return f"<netev.Connection {kind} handle={self._handle}{state}>"
+
+
+# ---------------------------------------------------------------------------
+# Listener
+# ---------------------------------------------------------------------------
+
+
+class Listener:
+    """A TCP listener (4D's TCPListener).
+
+    ``on_connection(listener, event)`` decides on each incoming connection:
+    return a dict of connection options (the keyword arguments of
+    :meth:`Connection.open`: callbacks, ``no_delay`` …) to accept with them
+    (merged over ``connection_options``), True to accept with
+    ``connection_options`` as they are, or None/False to reject. Without
+    ``on_connection`` every connection is accepted with
+    ``connection_options``. Accepted connections' callbacks receive a
+    :class:`Connection` whose ``listener`` is this object; they use the
+    listener's dispatcher unless their options name another."""
+
+    def __init__(self, handle: int):
+        self._handle = handle
+        self._owned = True
+        self._terminated = False
+        self._dispatcher = None
+        #: Exceptions raised by this listener's callbacks (newest 64).
+        self.callback_errors: list = []
+
+    @classmethod
+    def open(
+        cls,
+        port: int = 0,
+        *,
+        on_connection=None,
+        on_error=None,
+        on_terminate=None,
+        bind_address: str | None = None,
+        backlog: int = 0,
+        reuse_port: bool = False,
+        dispatcher=None,
+        connection_options: dict | None = None,
+    ) -> "Listener":
+        """Listens on ``port`` (0: a free one, see :attr:`port`)."""
+        for name, cb in (("on_connection", on_connection), ("on_error", on_error), ("on_terminate", on_terminate)):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{name} must be callable")
+        defaults = dict(connection_options or {})
+        for key in defaults:
+            if key not in _CALLBACK_NAMES and key not in _OPTION_NAMES:
+                raise TypeError(f"unknown connection option {key!r}")
+        port = _port(port)
+        listener = cls(0)
+        if isinstance(dispatcher, Dispatcher):
+            listener._dispatcher = dispatcher
+        opts = netev_listener_options()
+        _call(lib.netev_listener_options_init, byref(opts))
+        token = next(_tokens)
+        opts.on_connection = _ACCEPT_CB
+        opts.on_error = _LISTENER_CB
+        opts.on_terminate = _LISTENER_CB
+        opts.user_data = token
+        bind = _cstr(bind_address, "bind_address") if bind_address is not None else None
+        opts.bind_address = bind
+        opts.backlog = int(backlog)
+        opts.reuse_port = bool(reuse_port)
+        opts.dispatcher = _dispatcher_handle(dispatcher)
+        _listener_registry[token] = _ListenerEntry(listener, on_connection, on_error, on_terminate, defaults)
+        out = netev_listener()
+        try:
+            _call(lib.netev_listener_open, port, byref(opts), byref(out))
+        except BaseException:
+            _listener_registry.pop(token, None)
+            raise
+        listener._handle = out.value
+        return listener
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    @property
+    def port(self) -> int:
+        """The port bound (the real one when opened with 0)."""
+        out = c_uint16()
+        _call(lib.netev_listener_port, self._handle, byref(out))
+        return out.value
+
+    @property
+    def errors(self) -> list:
+        return _errors(lib.netev_listener_error_count, lib.netev_listener_error_at, self._handle)
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    def terminate(self) -> None:
+        """Stops accepting; the port is free when this returns. Accepted
+        connections go on."""
+        _call(lib.netev_listener_terminate, self._handle)
+
+    def release(self) -> None:
+        """Gives the handle back, terminating the listener if it runs."""
+        _call(lib.netev_listener_release, self._handle)
+        self._owned = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._owned:
+            self.release()
+
+    def __del__(self):
+        try:
+            if self._owned and self._handle:
+                self._owned = False
+                lib.netev_listener_release(self._handle)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __repr__(self) -> str:
+        state = " terminated" if self._terminated else ""
+        return f"<netev.Listener handle={self._handle}{state}>"
+
+
+# ---------------------------------------------------------------------------
+# Dispatcher
+# ---------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Runs the callbacks of the objects naming it on a thread of yours:
+    the one calling :meth:`run` (or :meth:`Connection.wait`), or an asyncio
+    loop's thread after :meth:`attach`."""
+
+    def __init__(self):
+        out = netev_dispatcher()
+        _call(lib.netev_dispatcher_create, byref(out))
+        self._handle = out.value
+        self._released = False
+        self._loop = None
+        self._fd = None
+        #: Exceptions raised by run() from the asyncio reader (newest 64).
+        self.callback_errors: list = []
+
+    @classmethod
+    def create(cls) -> "Dispatcher":
+        return cls()
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    def fileno(self) -> int:
+        """A descriptor readable while callbacks are queued (netev's: never
+        read, write or close it)."""
+        fd = c_int()
+        _call(lib.netev_dispatcher_fd, self._handle, byref(fd))
+        return fd.value
+
+    def run(self, timeout: float | None = 0) -> int:
+        """Runs the queued callbacks on this thread, waiting up to
+        ``timeout`` seconds for the first (None: no limit); returns how
+        many ran."""
+        ran = c_size_t()
+
+        def step(t):
+            status = _call(lib.netev_dispatcher_run, self._handle, t, byref(ran))
+            return status if ran.value else Status.ERR_TIMEOUT
+
+        if timeout is not None and (math.isnan(float(timeout)) or float(timeout) <= 0):
+            _call(lib.netev_dispatcher_run, self._handle, float(timeout), byref(ran))
+            return ran.value
+        _sliced(step, timeout)
+        return ran.value
+
+    # -- asyncio ------------------------------------------------------------
+
+    def attach(self, loop=None) -> None:
+        """Runs this dispatcher's callbacks from an asyncio loop (default:
+        the running loop): ``loop.add_reader(fd, run(0))``. Every callback
+        then runs on the loop's thread, where it may use the loop directly
+        (set futures' results, create tasks)."""
+        if self._loop is not None:
+            raise RuntimeError("dispatcher already attached to a loop")
+        if loop is None:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+        fd = self.fileno()
+        loop.add_reader(fd, self._on_readable)
+        self._loop, self._fd = loop, fd
+
+    def detach(self) -> None:
+        """Stops running from the loop given to attach (harmless if not attached)."""
+        loop, fd = self._loop, self._fd
+        self._loop = self._fd = None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(fd)
+
+    def _on_readable(self) -> None:
+        try:
+            self.run(0)
+        except Exception as exc:  # noqa: BLE001 - keep the loop going
+            _report(exc, self, "dispatcher run")
+
+    def release(self) -> None:
+        """Detaches, then releases: connections bound to it close, and their
+        last callbacks run on this thread before this returns."""
+        self.detach()
+        self._released = True
+        _call(lib.netev_dispatcher_release, self._handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._released:
+            self.release()
+
+    def __del__(self):
+        try:
+            if not getattr(self, "_released", True) and self._loop is None:
+                self._released = True
+                lib.netev_dispatcher_release(self._handle)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __repr__(self) -> str:
+        return f"<netev.Dispatcher handle={self._handle}>"
+
+
+# ---------------------------------------------------------------------------
+# Runtime and logging
+# ---------------------------------------------------------------------------
+
+
+def init_runtime(worker_threads: int = 0) -> None:
+    """Starts netev's runtime (optional: the first open does it)."""
+    opts = netev_runtime_options()
+    _call(lib.netev_runtime_options_init, byref(opts))
+    opts.worker_threads = int(worker_threads)
+    _call(lib.netev_runtime_init, byref(opts))
+
+
+def shutdown_runtime(timeout: float = 10.0) -> None:
+    """Ends every open object (each TERMINATE runs once) and stops netev's
+    threads; a later open starts afresh. Registered with atexit too, so no
+    callback reaches a finalizing interpreter."""
+    _call(lib.netev_runtime_shutdown, float(timeout))
+
+
+def _atexit_shutdown() -> None:
+    try:
+        lib.netev_runtime_shutdown(5.0)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+atexit.register(_atexit_shutdown)
+
+
+def log_open(path) -> None:
+    """Appends netev's lifecycle log to the file at ``path``."""
+    _call(lib.netev_log_open, _cstr(os.fspath(path), "path"))
+
+
+def log_close() -> None:
+    _call(lib.netev_log_close)
+
+
+_log_fn = None
+
+
+def _log_trampoline(line, user_data):
+    fn = _log_fn
+    if fn is None:
+        return
+    try:
+        fn(line.decode("utf-8", "replace") if line else "")
+    except BaseException as exc:  # noqa: BLE001
+        _report(exc, None, "log")
+
+
+_LOG_CB = netev_log_callback(_log_trampoline)
+
+
+def set_log_callback(fn) -> None:
+    """Hands each log line (a str) to ``fn``, on any thread, concurrently;
+    None removes it."""
+    global _log_fn
+    if fn is not None and not callable(fn):
+        raise TypeError("the log callback must be callable")
+    _log_fn = fn
+    _call(lib.netev_log_set_callback, _LOG_CB if fn is not None else netev_log_callback(), None)

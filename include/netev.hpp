@@ -1,0 +1,750 @@
+// netev.hpp: a header-only C++17 layer over netev.h.
+//
+// Written by hand (netev.h is generated); netev.h stays the API reference:
+// every wrapper here is one netev_* call, and its rules apply unchanged.
+//
+//   netev::Connection, netev::Listener, netev::Dispatcher  move-only owners
+//       of a handle; the destructor releases it (never throws).
+//   netev::ConnectionRef   a copyable, non-owning handle: what callbacks get.
+//   netev::Event           a view of one event, valid during the callback.
+//   netev::Error           thrown by every wrapper on a non-OK status.
+//
+// Errors are exceptions, not expected-style returns: C++17 has no
+// std::expected, a home-made one would be one more type for every caller
+// to learn, and what fails here (a bad argument, a stale handle, a port in
+// use, a send after close) is exceptional in a correct program; the one
+// status a correct program meets in normal flow, NETEV_ERR_BUFFER_FULL
+// (and CLOSED racing the peer), is also available without exceptions
+// through try_send().
+//
+// Callbacks and lifetimes. The std::function callbacks of a connection live
+// in a heap block handed to netev as user_data, with user_data_free
+// deleting it: netev owns that block, calls the callbacks from it and frees
+// it exactly once, after TERMINATE. So destroying a Connection (= release)
+// while it still runs is safe: netev closes it, CLOSE and TERMINATE still
+// reach the callbacks (later, on netev's thread), then the block and every
+// capture in it is destroyed. What the callbacks capture by reference must
+// therefore outlive TERMINATE, not the Connection object: capture by value
+// or shared_ptr, or call netev::Runtime::shutdown() (which runs every
+// TERMINATE) before destroying it. A listener's block (its callbacks and
+// connection defaults) is freed after the listener's TERMINATE; each
+// accepted connection gets its own copy of the defaults' callbacks.
+//
+// Exceptions thrown by a callback never unwind into netev: each trampoline
+// catches everything. The exception is swallowed: there is no C++ caller to
+// rethrow it to (callbacks run on netev's I/O threads or inside a dispatcher
+// run), and storing it for a later call would surface it far from its cause
+// and on an arbitrary thread. Instead it is handed to the callback
+// exception handler (set_callback_exception_handler; the default prints one
+// line to stderr), and then:
+//   - a connection callback's connection is closed (its state is unknown):
+//     CLOSE and TERMINATE follow as for netev_connection_close;
+//   - a listener's on_connection rejects the incoming connection;
+//   - a listener's on_error / on_terminate: nothing more (its block is
+//     still freed after TERMINATE).
+
+#ifndef NETEV_HPP
+#define NETEV_HPP
+
+#include <netev.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace netev {
+
+// ---- errors ---------------------------------------------------------------
+
+// A failed netev call: status() is the netev_status, message() netev's own
+// words (netev_last_error_message), what() "<call>: <STATUS_NAME>: <message>".
+class Error : public std::runtime_error {
+ public:
+  Error(netev_status status, const std::string &call, std::string message)
+      : std::runtime_error(call + ": " + netev_status_name(status) + ": " + message),
+        status_(status),
+        message_(std::move(message)) {}
+
+  netev_status status() const noexcept { return status_; }
+  const char *status_name() const noexcept { return netev_status_name(status_); }
+  const std::string &message() const noexcept { return message_; }
+
+ private:
+  netev_status status_;
+  std::string message_;
+};
+
+namespace detail {
+
+// The calling thread's last netev failure, in words.
+inline std::string last_error_message() {
+  char buf[512];
+  size_t need = netev_last_error_message(buf, sizeof buf);
+  if (need < sizeof buf) return std::string(buf, need);
+  std::string s(need + 1, '\0');
+  netev_last_error_message(&s[0], s.size());
+  s.resize(need);
+  return s;
+}
+
+// Throws netev::Error for a non-OK status. Reads the message at once: it is
+// per thread and the next failing call would replace it.
+inline void check(netev_status status, const char *call) {
+  if (status != NETEV_OK) throw Error(status, call, last_error_message());
+}
+
+}  // namespace detail
+
+// One entry of an object's errors list (4D's errors collection).
+struct ErrorInfo {
+  netev_status code = NETEV_OK;
+  int os_error = 0;
+  std::string message;
+  std::string component;  // "netev", "os", "dns"
+};
+
+// ---- the event --------------------------------------------------------------
+
+class ConnectionRef;
+
+// Bytes borrowed from an event: a span-ish pair.
+struct Bytes {
+  const std::uint8_t *data = nullptr;
+  std::size_t size = 0;
+  const std::uint8_t *begin() const noexcept { return data; }
+  const std::uint8_t *end() const noexcept { return data + size; }
+  bool empty() const noexcept { return size == 0; }
+};
+
+// A view of one netev_event. It and everything it returns (data(), bytes(),
+// ip(), message()) is borrowed until the callback returns: copy what you
+// keep. Not copyable, so that it is not kept by mistake.
+class Event {
+ public:
+  explicit Event(const netev_event &e) noexcept : e_(e) {}
+  Event(const Event &) = delete;
+  Event &operator=(const Event &) = delete;
+
+  netev_event_type type() const noexcept { return e_.type; }
+  // "connection", "data", "error", "close", "terminate", "drain", "end".
+  const char *type_name() const noexcept { return netev_event_type_name(e_.type); }
+  // The connection concerned; 0 for listener-only events.
+  netev_connection connection_handle() const noexcept { return e_.connection; }
+  inline ConnectionRef connection() const noexcept;
+  // DATA: the bytes received (empty otherwise).
+  std::string_view data() const noexcept {
+    return e_.data ? std::string_view(reinterpret_cast<const char *>(e_.data), e_.data_len)
+                   : std::string_view();
+  }
+  Bytes bytes() const noexcept { return e_.data ? Bytes{e_.data, e_.data_len} : Bytes{}; }
+  // Remote IP as text ("" when unknown), remote port (0 when unknown).
+  std::string_view ip() const noexcept {
+    const void *nul = std::memchr(e_.ip, 0, sizeof e_.ip);
+    return std::string_view(e_.ip, nul ? static_cast<std::size_t>(static_cast<const char *>(nul) - e_.ip)
+                                       : sizeof e_.ip);
+  }
+  std::uint16_t port() const noexcept { return e_.port; }
+  // ERROR only: the status, errno and netev's words; OK, 0, "" otherwise.
+  netev_status error() const noexcept { return e_.error; }
+  int os_error() const noexcept { return e_.os_error; }
+  std::string_view message() const noexcept {
+    return e_.message ? std::string_view(e_.message) : std::string_view();
+  }
+  const netev_event &raw() const noexcept { return e_; }
+
+ private:
+  const netev_event &e_;
+};
+
+// ---- callback exceptions ------------------------------------------------------
+
+// What a trampoline caught. `event_type` is the event being delivered;
+// `connection` / `listener` the object concerned (0 for the other kind).
+struct CallbackFailure {
+  std::exception_ptr exception;
+  netev_event_type event_type;
+  netev_connection connection;
+  netev_listener listener;
+};
+
+// Called on the callback's thread, possibly concurrently; must not throw
+// (whatever it throws is dropped).
+using CallbackExceptionHandler = void (*)(const CallbackFailure &);
+
+namespace detail {
+
+inline void default_exception_handler(const CallbackFailure &f) {
+  std::string what = "unknown exception";
+  try {
+    std::rethrow_exception(f.exception);
+  } catch (const std::exception &e) {
+    what = e.what();
+  } catch (...) {
+  }
+  std::fprintf(stderr, "netev: exception escaped a %s callback of %s %llu: %s\n",
+               netev_event_type_name(f.event_type), f.listener ? "listener" : "connection",
+               static_cast<unsigned long long>(f.listener ? f.listener : f.connection),
+               what.c_str());
+}
+
+inline std::atomic<CallbackExceptionHandler> &exception_handler() {
+  static std::atomic<CallbackExceptionHandler> h{&default_exception_handler};
+  return h;
+}
+
+// Inside a catch block: hands the current exception to the handler.
+inline void report_current_exception(netev_event_type type, netev_connection conn,
+                                     netev_listener listener) noexcept {
+  try {
+    CallbackFailure f{std::current_exception(), type, conn, listener};
+    CallbackExceptionHandler h = exception_handler().load();
+    if (h) h(f);
+  } catch (...) {
+  }
+}
+
+// Callback blocks alive (connections' and listeners'): for tests and leak
+// hunting. Never negative: each block is freed exactly once.
+inline std::atomic<long> &live_blocks() {
+  static std::atomic<long> n{0};
+  return n;
+}
+
+}  // namespace detail
+
+// Replaces the handler of exceptions escaping callbacks (nullptr: drop them
+// silently); returns the previous one.
+inline CallbackExceptionHandler set_callback_exception_handler(CallbackExceptionHandler h) noexcept {
+  return detail::exception_handler().exchange(h);
+}
+
+// How many callback blocks netev still owns (connections and listeners not
+// yet past TERMINATE). 0 after Runtime::shutdown.
+inline long live_callback_blocks() noexcept { return detail::live_blocks().load(); }
+
+// ---- connections -------------------------------------------------------------
+
+class Connection;
+
+namespace detail {
+
+// The operations on a connection handle, shared by the owning Connection
+// and the non-owning ConnectionRef. D provides handle().
+template <class D>
+class ConnectionOps {
+ public:
+  // Queues a copy of the bytes. Throws Error (CLOSED, BUFFER_FULL, ...).
+  void send(std::string_view bytes) const { send(bytes.data(), bytes.size()); }
+  void send(const void *data, std::size_t len) const {
+    check(netev_connection_send(h(), data, len), "netev_connection_send");
+  }
+  // The same without throwing: NETEV_OK, NETEV_ERR_BUFFER_FULL (nothing
+  // queued; DRAIN follows), NETEV_ERR_CLOSED, ...
+  netev_status try_send(std::string_view bytes) const noexcept {
+    return try_send(bytes.data(), bytes.size());
+  }
+  netev_status try_send(const void *data, std::size_t len) const noexcept {
+    return netev_connection_send(h(), data, len);
+  }
+  // Closes the write side once queued bytes are out; ends any wait.
+  void shutdown() const { check(netev_connection_shutdown(h()), "netev_connection_shutdown"); }
+  // Aborts now: unsent bytes are dropped; CLOSE and TERMINATE follow.
+  void close() const { check(netev_connection_close(h()), "netev_connection_close"); }
+  // Waits until the connection ended or shutdown was called on it: true;
+  // false when `seconds` ran out (< 0: no limit). Runs the connection's
+  // dispatcher meanwhile. Throws Error (WOULD_DEADLOCK inside a callback).
+  bool wait(double seconds) const {
+    netev_status st = netev_connection_wait(h(), seconds);
+    if (st == NETEV_ERR_TIMEOUT) return false;
+    check(st, "netev_connection_wait");
+    return true;
+  }
+
+  // Properties: readable until released, also after the connection ended.
+  std::string address() const {
+    std::size_t need = 0;
+    check(netev_connection_address(h(), nullptr, 0, &need), "netev_connection_address");
+    std::string s(need + 1, '\0');
+    check(netev_connection_address(h(), &s[0], s.size(), &need), "netev_connection_address");
+    s.resize(need < s.size() ? need : s.size() - 1);  // the address never changes
+    return s;
+  }
+  std::uint16_t port() const { return get<std::uint16_t>(netev_connection_port, "netev_connection_port"); }
+  bool closed() const { return get<bool>(netev_connection_closed, "netev_connection_closed"); }
+  bool no_delay() const { return get<bool>(netev_connection_no_delay, "netev_connection_no_delay"); }
+  // The listener that accepted it; 0 for a client connection.
+  netev_listener listener() const {
+    return get<netev_listener>(netev_connection_listener, "netev_connection_listener");
+  }
+  std::size_t buffered_amount() const {
+    return get<std::size_t>(netev_connection_buffered_amount, "netev_connection_buffered_amount");
+  }
+  // The errors list, oldest first (the newest 64 are kept).
+  std::vector<ErrorInfo> errors() const {
+    std::size_t n = get<std::size_t>(netev_connection_error_count, "netev_connection_error_count");
+    std::vector<ErrorInfo> v;
+    v.reserve(n);
+    for (std::size_t i = 0; i < n; i++) {
+      netev_error_info e;
+      netev_status st = netev_connection_error_at(h(), i, &e);
+      if (st == NETEV_ERR_INVALID_ARGUMENT) break;  // the list moved on meanwhile
+      check(st, "netev_connection_error_at");
+      v.push_back(ErrorInfo{e.code, e.os_error, e.message, e.component});
+    }
+    return v;
+  }
+
+ private:
+  netev_connection h() const noexcept { return static_cast<const D *>(this)->handle(); }
+  template <class T, class F>
+  T get(F f, const char *call) const {
+    T v{};
+    check(f(h(), &v), call);
+    return v;
+  }
+};
+
+}  // namespace detail
+
+// A handle without ownership: copyable, releases nothing. What callbacks
+// receive (valid inside them). To keep an accepted connection beyond its
+// TERMINATE, take ownership with retain().
+class ConnectionRef : public detail::ConnectionOps<ConnectionRef> {
+ public:
+  ConnectionRef() noexcept = default;
+  explicit ConnectionRef(netev_connection h) noexcept : h_(h) {}
+  netev_connection handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != 0; }
+  // A new reference (netev_connection_retain) owned by the result.
+  inline Connection retain() const;
+
+ private:
+  netev_connection h_ = 0;
+};
+
+inline ConnectionRef Event::connection() const noexcept { return ConnectionRef(e_.connection); }
+
+// A connection callback: the connection (borrowed) and the event.
+using Handler = std::function<void(ConnectionRef, const Event &)>;
+
+// netev_connection_options with std::function callbacks. Empty callbacks
+// are not registered.
+struct Options {
+  Handler on_connection;  // CONNECTION: established
+  Handler on_data;        // DATA
+  Handler on_shutdown;    // CLOSE: closed properly (4D's onShutdown)
+  Handler on_error;       // ERROR; TERMINATE follows
+  Handler on_terminate;   // TERMINATE: the last event, always, once
+  Handler on_drain;       // DRAIN: after a refused send, the queue fell to half
+  Handler on_end;         // END: the peer finished sending
+  bool no_delay = false;
+  bool allow_half_open = false;
+  double keepalive = 0;           // seconds; 0 = off
+  double idle_timeout = 0;        // seconds; 0 = none
+  double connection_timeout = 0;  // seconds; 0 = 30
+  std::size_t send_buffer_limit = 0;  // bytes; 0 = 8 MiB
+  netev_dispatcher dispatcher = 0;    // Dispatcher::handle(); 0 = netev's threads
+};
+using ConnectionOptions = Options;
+
+namespace detail {
+
+// The callbacks of one connection, owned by netev (user_data) and deleted
+// by user_data_free after TERMINATE.
+struct ConnectionBlock {
+  Handler on_connection, on_data, on_shutdown, on_error, on_terminate, on_drain, on_end;
+
+  explicit ConnectionBlock(Options &&o)
+      : on_connection(std::move(o.on_connection)),
+        on_data(std::move(o.on_data)),
+        on_shutdown(std::move(o.on_shutdown)),
+        on_error(std::move(o.on_error)),
+        on_terminate(std::move(o.on_terminate)),
+        on_drain(std::move(o.on_drain)),
+        on_end(std::move(o.on_end)) {
+    live_blocks()++;
+  }
+  ~ConnectionBlock() { live_blocks()--; }
+  ConnectionBlock(const ConnectionBlock &) = delete;
+  ConnectionBlock &operator=(const ConnectionBlock &) = delete;
+
+  template <Handler ConnectionBlock::*Slot>
+  static void trampoline(netev_connection conn, const netev_event *ev, void *user_data) noexcept {
+    auto *b = static_cast<ConnectionBlock *>(user_data);
+    try {
+      (b->*Slot)(ConnectionRef(conn), Event(*ev));
+    } catch (...) {
+      report_current_exception(ev->type, conn, 0);
+      netev_connection_close(conn);  // harmless when already closing
+    }
+  }
+
+  static void free_block(void *user_data) noexcept { delete static_cast<ConnectionBlock *>(user_data); }
+};
+
+inline bool has_callbacks(const Options &o) noexcept {
+  return o.on_connection || o.on_data || o.on_shutdown || o.on_error || o.on_terminate ||
+         o.on_drain || o.on_end;
+}
+
+// The numbers of `o` into `c`; no callbacks, no user_data.
+inline void write_numbers(const Options &o, netev_connection_options &c) noexcept {
+  c.no_delay = o.no_delay;
+  c.allow_half_open = o.allow_half_open;
+  c.keepalive = o.keepalive;
+  c.idle_timeout = o.idle_timeout;
+  c.connection_timeout = o.connection_timeout;
+  c.send_buffer_limit = o.send_buffer_limit;
+  c.dispatcher = o.dispatcher;
+  c.on_connection = c.on_data = c.on_shutdown = c.on_error = nullptr;
+  c.on_terminate = c.on_drain = c.on_end = nullptr;
+  c.user_data = nullptr;
+  c.user_data_free = nullptr;
+}
+
+// Fills `c` (already initialised) from `o`: the numbers, and the callbacks
+// in a new block that `c` owns from now on (via user_data_free). Returns
+// that block, or nullptr when there are no callbacks; the caller deletes it
+// only if netev refuses the options without taking it. Throws only
+// bad_alloc, and then leaves `c` without callbacks.
+inline ConnectionBlock *fill(Options &&o, netev_connection_options &c) {
+  write_numbers(o, c);
+  if (!has_callbacks(o)) return nullptr;
+  using B = ConnectionBlock;
+  bool con = bool(o.on_connection), data = bool(o.on_data), shut = bool(o.on_shutdown),
+       err = bool(o.on_error), term = bool(o.on_terminate), drain = bool(o.on_drain),
+       end = bool(o.on_end);
+  auto *b = new B(std::move(o));
+  if (con) c.on_connection = &B::trampoline<&B::on_connection>;
+  if (data) c.on_data = &B::trampoline<&B::on_data>;
+  if (shut) c.on_shutdown = &B::trampoline<&B::on_shutdown>;
+  if (err) c.on_error = &B::trampoline<&B::on_error>;
+  if (term) c.on_terminate = &B::trampoline<&B::on_terminate>;
+  if (drain) c.on_drain = &B::trampoline<&B::on_drain>;
+  if (end) c.on_end = &B::trampoline<&B::on_end>;
+  c.user_data = b;
+  c.user_data_free = &B::free_block;
+  return b;
+}
+
+// The numbers of `c` into `o` (callbacks untouched).
+inline void read_numbers(const netev_connection_options &c, Options &o) noexcept {
+  o.no_delay = c.no_delay;
+  o.allow_half_open = c.allow_half_open;
+  o.keepalive = c.keepalive;
+  o.idle_timeout = c.idle_timeout;
+  o.connection_timeout = c.connection_timeout;
+  o.send_buffer_limit = c.send_buffer_limit;
+  o.dispatcher = c.dispatcher;
+}
+
+}  // namespace detail
+
+// Owns one reference to a connection (from open or retain); the destructor
+// gives it back (netev_connection_release): a client connection still open
+// is closed, and its CLOSE and TERMINATE still reach the callbacks, later.
+// Move-only; a moved-from Connection holds 0 and releases nothing.
+class Connection : public detail::ConnectionOps<Connection> {
+ public:
+  Connection() noexcept = default;
+  Connection(Connection &&o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  Connection &operator=(Connection &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, 0);
+    }
+    return *this;
+  }
+  Connection(const Connection &) = delete;
+  Connection &operator=(const Connection &) = delete;
+  ~Connection() { reset(); }
+
+  // netev_connection_open: returns at once; connect runs in the background
+  // and a failure arrives as ERROR then TERMINATE. Throws Error
+  // (INVALID_ARGUMENT for port 0, INVALID_HANDLE for a dead dispatcher, ...);
+  // then no callback ever fires and the callbacks are destroyed here.
+  static Connection open(const std::string &address, std::uint16_t port, Options options = {}) {
+    netev_connection_options c;
+    detail::check(netev_connection_options_init(&c), "netev_connection_options_init");
+    std::unique_ptr<detail::ConnectionBlock> block(detail::fill(std::move(options), c));
+    netev_connection h = 0;
+    netev_status st = netev_connection_open(address.c_str(), port, &c, &h);
+    if (st != NETEV_OK) {
+      std::string msg = detail::last_error_message();
+      throw Error(st, "netev_connection_open", std::move(msg));  // `block` freed: netev never took it
+    }
+    block.release();  // netev owns it now: user_data_free after TERMINATE
+    return Connection(h);
+  }
+
+  // Takes a new reference to `h` (netev_connection_retain), typically an
+  // accepted connection inside one of its own callbacks, so that the handle
+  // stays valid past its TERMINATE until this object is destroyed.
+  static Connection retain(netev_connection h) {
+    detail::check(netev_connection_retain(h), "netev_connection_retain");
+    return Connection(h);
+  }
+  // Adopts a reference the caller already owns (no retain).
+  static Connection adopt(netev_connection h) noexcept { return Connection(h); }
+
+  netev_connection handle() const noexcept { return h_; }
+  ConnectionRef ref() const noexcept { return ConnectionRef(h_); }
+  explicit operator bool() const noexcept { return h_ != 0; }
+
+  // Releases now (as the destructor does); harmless when empty.
+  void reset() noexcept {
+    if (h_) netev_connection_release(std::exchange(h_, 0));
+  }
+  // Gives up ownership without releasing: the caller now owns the reference.
+  netev_connection detach() noexcept { return std::exchange(h_, 0); }
+
+ private:
+  explicit Connection(netev_connection h) noexcept : h_(h) {}
+  netev_connection h_ = 0;
+};
+
+inline Connection ConnectionRef::retain() const { return Connection::retain(h_); }
+
+// ---- dispatchers ----------------------------------------------------------------
+
+// Runs callbacks of the objects that name it on the thread that calls run()
+// (or waits on one of its connections). Move-only; the destructor releases
+// it: its connections are closed and their last callbacks run there.
+class Dispatcher {
+ public:
+  Dispatcher() noexcept = default;
+  Dispatcher(Dispatcher &&o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  Dispatcher &operator=(Dispatcher &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, 0);
+    }
+    return *this;
+  }
+  Dispatcher(const Dispatcher &) = delete;
+  Dispatcher &operator=(const Dispatcher &) = delete;
+  ~Dispatcher() { reset(); }
+
+  static Dispatcher create() {
+    netev_dispatcher h = 0;
+    detail::check(netev_dispatcher_create(&h), "netev_dispatcher_create");
+    return Dispatcher(h);
+  }
+  // Runs the queued callbacks, waiting up to `seconds` (< 0: no limit) for
+  // the first; returns how many ran. Throws Error (WOULD_DEADLOCK inside one
+  // of its own callbacks).
+  std::size_t run(double seconds) const {
+    std::size_t ran = 0;
+    detail::check(netev_dispatcher_run(h_, seconds, &ran), "netev_dispatcher_run");
+    return ran;
+  }
+  // Readable while callbacks are queued; owned by netev (never close it).
+  int fd() const {
+    int fd = -1;
+    detail::check(netev_dispatcher_fd(h_, &fd), "netev_dispatcher_fd");
+    return fd;
+  }
+  // For Options::dispatcher and ListenerOptions::dispatcher.
+  netev_dispatcher handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != 0; }
+  void reset() noexcept {
+    if (h_) netev_dispatcher_release(std::exchange(h_, 0));
+  }
+
+ private:
+  explicit Dispatcher(netev_dispatcher h) noexcept : h_(h) {}
+  netev_dispatcher h_ = 0;
+};
+
+// ---- listeners ------------------------------------------------------------------
+
+// A listener's on_connection: `event` (CONNECTION) carries the peer's ip and
+// port and, in connection_handle(), the handle the connection will have
+// (valid only once this returned true: retain it in the connection's own
+// on_connection, not here). `options` starts as connection_defaults (with
+// the listener's dispatcher if none): edit it, callbacks included, and
+// return true to accept, false to close the socket at once.
+using AcceptHandler = std::function<bool(const Event &event, Options &options)>;
+using ListenerHandler = std::function<void(const Event &)>;
+
+struct ListenerOptions {
+  AcceptHandler on_connection;    // empty: accept with connection_defaults
+  ListenerHandler on_error;       // ERROR: accepting failed; the listener goes on
+  ListenerHandler on_terminate;   // TERMINATE: the listener stopped; its last event
+  std::string bind_address;       // IPv4/IPv6 literal; "" = all interfaces
+  std::uint32_t backlog = 0;      // 0 = 1024
+  bool reuse_port = false;        // SO_REUSEPORT
+  Options connection_defaults;    // what each accepted connection starts from
+  netev_dispatcher dispatcher = 0;  // Dispatcher::handle(); 0 = netev's threads
+};
+
+namespace detail {
+
+// A listener's callbacks and connection defaults. netev_listener_options has
+// no user_data_free: the TERMINATE trampoline (always registered) deletes
+// it, TERMINATE being the listener's last callback; open() deletes it when
+// netev refuses the options.
+struct ListenerBlock {
+  AcceptHandler on_connection;
+  ListenerHandler on_error, on_terminate;
+  Options defaults;
+
+  explicit ListenerBlock(ListenerOptions &&o)
+      : on_connection(std::move(o.on_connection)),
+        on_error(std::move(o.on_error)),
+        on_terminate(std::move(o.on_terminate)),
+        defaults(std::move(o.connection_defaults)) {
+    live_blocks()++;
+  }
+  ~ListenerBlock() { live_blocks()--; }
+  ListenerBlock(const ListenerBlock &) = delete;
+  ListenerBlock &operator=(const ListenerBlock &) = delete;
+
+  static bool accept(netev_listener l, const netev_event *ev, void *user_data,
+                     netev_connection_options *c) noexcept {
+    auto *b = static_cast<ListenerBlock *>(user_data);
+    try {
+      Options o = b->defaults;  // each connection its own copy of the callbacks
+      read_numbers(*c, o);
+      if (b->on_connection && !b->on_connection(Event(*ev), o)) return false;
+      fill(std::move(o), *c);  // netev owns the block from here, even if it refuses the options
+      return true;
+    } catch (...) {
+      report_current_exception(ev->type, 0, l);
+      return false;
+    }
+  }
+  static void error(netev_listener l, const netev_event *ev, void *user_data) noexcept {
+    auto *b = static_cast<ListenerBlock *>(user_data);
+    if (!b->on_error) return;
+    try {
+      b->on_error(Event(*ev));
+    } catch (...) {
+      report_current_exception(ev->type, 0, l);
+    }
+  }
+  static void terminate(netev_listener l, const netev_event *ev, void *user_data) noexcept {
+    auto *b = static_cast<ListenerBlock *>(user_data);
+    if (b->on_terminate) {
+      try {
+        b->on_terminate(Event(*ev));
+      } catch (...) {
+        report_current_exception(ev->type, 0, l);
+      }
+    }
+    delete b;
+  }
+};
+
+}  // namespace detail
+
+// Owns a listener; the destructor releases it (netev_listener_release:
+// stops accepting, frees the port; accepted connections go on).
+// Move-only; a moved-from Listener holds 0 and releases nothing.
+class Listener {
+ public:
+  Listener() noexcept = default;
+  Listener(Listener &&o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  Listener &operator=(Listener &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, 0);
+    }
+    return *this;
+  }
+  Listener(const Listener &) = delete;
+  Listener &operator=(const Listener &) = delete;
+  ~Listener() { reset(); }
+
+  // netev_listener_open: binds now (port 0: a free one, see port()).
+  // Throws Error (ADDRESS_IN_USE, INVALID_ARGUMENT, INVALID_HANDLE, ...).
+  static Listener open(std::uint16_t port, ListenerOptions options = {}) {
+    netev_listener_options c;
+    detail::check(netev_listener_options_init(&c), "netev_listener_options_init");
+    std::string bind = options.bind_address;
+    c.bind_address = bind.empty() ? nullptr : bind.c_str();
+    c.backlog = options.backlog;
+    c.reuse_port = options.reuse_port;
+    c.dispatcher = options.dispatcher;
+    // The numbers are validated by netev here; the callbacks are added per
+    // connection by the accept trampoline.
+    detail::write_numbers(options.connection_defaults, c.connection_defaults);
+    std::unique_ptr<detail::ListenerBlock> block(new detail::ListenerBlock(std::move(options)));
+    c.on_connection = &detail::ListenerBlock::accept;
+    c.on_error = &detail::ListenerBlock::error;
+    c.on_terminate = &detail::ListenerBlock::terminate;
+    c.user_data = block.get();
+    netev_listener h = 0;
+    netev_status st = netev_listener_open(port, &c, &h);
+    if (st != NETEV_OK) {
+      std::string msg = detail::last_error_message();
+      throw Error(st, "netev_listener_open", std::move(msg));  // no callback will ever run
+    }
+    block.release();  // deleted by the TERMINATE trampoline
+    return Listener(h);
+  }
+
+  // The port bound (the real one when opened with 0).
+  std::uint16_t port() const {
+    std::uint16_t p = 0;
+    detail::check(netev_listener_port(h_, &p), "netev_listener_port");
+    return p;
+  }
+  // Stops accepting; the port is free when this returns. TERMINATE follows.
+  void terminate() const { detail::check(netev_listener_terminate(h_), "netev_listener_terminate"); }
+  std::vector<ErrorInfo> errors() const {
+    std::size_t n = 0;
+    detail::check(netev_listener_error_count(h_, &n), "netev_listener_error_count");
+    std::vector<ErrorInfo> v;
+    for (std::size_t i = 0; i < n; i++) {
+      netev_error_info e;
+      netev_status st = netev_listener_error_at(h_, i, &e);
+      if (st == NETEV_ERR_INVALID_ARGUMENT) break;
+      detail::check(st, "netev_listener_error_at");
+      v.push_back(ErrorInfo{e.code, e.os_error, e.message, e.component});
+    }
+    return v;
+  }
+  netev_listener handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != 0; }
+  void reset() noexcept {
+    if (h_) netev_listener_release(std::exchange(h_, 0));
+  }
+
+ private:
+  explicit Listener(netev_listener h) noexcept : h_(h) {}
+  netev_listener h_ = 0;
+};
+
+// ---- the runtime ----------------------------------------------------------------
+
+struct Runtime {
+  // netev_runtime_init: optional, before first use (0 threads: one per core).
+  static void init(std::uint32_t worker_threads = 0) {
+    netev_runtime_options o;
+    detail::check(netev_runtime_options_init(&o), "netev_runtime_options_init");
+    o.worker_threads = worker_threads;
+    detail::check(netev_runtime_init(&o), "netev_runtime_init");
+  }
+  // netev_runtime_shutdown: ends every object (each TERMINATE runs, so every
+  // callback block is freed) and stops netev's threads. Call it before exit
+  // and before destroying what callbacks capture by reference.
+  static void shutdown(double seconds) {
+    detail::check(netev_runtime_shutdown(seconds), "netev_runtime_shutdown");
+  }
+  static const char *version() noexcept { return netev_version(); }
+};
+
+}  // namespace netev
+
+#endif  // NETEV_HPP
