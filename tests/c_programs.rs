@@ -20,45 +20,12 @@
 //! (the watchdog and the harness limit stretch by it). `NETEV_LIB_PATH`
 //! always names the libnetev.so under test (for the dlopen test).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// target/<profile>/deps: where `cargo test` builds libnetev.so beside
-/// this test's own executable.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().map(Path::to_path_buf).expect("deps directory")
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Plain,
-    Asan,
-    Valgrind,
-}
-
-fn mode() -> Mode {
-    match std::env::var("NETEV_C_TEST_MODE").as_deref() {
-        Err(_) | Ok("") | Ok("plain") => Mode::Plain,
-        Ok("asan") => Mode::Asan,
-        Ok("valgrind") => Mode::Valgrind,
-        Ok(other) => panic!("NETEV_C_TEST_MODE={other}: expected plain, asan or valgrind"),
-    }
-}
-
-/// How much slower than plain a mode runs: stretches every time limit.
-fn time_factor() -> u32 {
-    match mode() {
-        Mode::Plain => 1,
-        Mode::Asan => 3,
-        Mode::Valgrind => 10,
-    }
-}
+use support::{Mode, SANITIZE_FLAGS, lib_dir, mode, require_lib, root, run_bounded, time_factor};
 
 /// How a program is linked against netev.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -70,12 +37,8 @@ enum Link {
 }
 
 fn compile(name: &str, link: Link) -> PathBuf {
+    require_lib();
     let lib = lib_dir();
-    assert!(
-        lib.join("libnetev.so").exists(),
-        "{} is missing: cargo test builds it with the library",
-        lib.join("libnetev.so").display()
-    );
     let dir = match mode() {
         Mode::Asan => "c-tests-asan",
         _ => "c-tests",
@@ -96,11 +59,7 @@ fn compile(name: &str, link: Link) -> PathBuf {
         "-pthread",
     ]);
     if mode() == Mode::Asan {
-        cmd.args([
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=all",
-            "-fno-omit-frame-pointer",
-        ]);
+        cmd.args(SANITIZE_FLAGS);
     }
     cmd.arg("-I")
         .arg(root().join("include"))
@@ -200,54 +159,15 @@ fn run_c_with(name: &str, limit: Duration, run: Run) -> String {
     // cargo's LD_LIBRARY_PATH also names target/<profile>, where a stale
     // libnetev.so from an earlier `cargo build` may sit and would win over
     // the program's rpath: point it at this build's library only.
-    let mut child = cmd
-        .env("LD_LIBRARY_PATH", lib_dir())
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
         .env("NETEV_LIB_PATH", lib_dir().join("libnetev.so"))
         .env("NETEV_TEST_TIME_FACTOR", time_factor().to_string())
-        .current_dir(lib_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the C test");
-    // Drain the pipes while the program runs: a chatty program (valgrind,
-    // a sanitizer report) must not block on a full pipe.
-    let mut out_pipe = child.stdout.take().expect("stdout pipe");
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out_pipe, &mut v).ok();
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut err_pipe, &mut v).ok();
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("poll the C test") {
-            break Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = start.elapsed();
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+        .current_dir(lib_dir());
+    let done = run_bounded(&mut cmd, limit);
     if std::env::var_os("NETEV_C_TEST_TIMES").is_some() {
-        eprintln!("{name}: {:.1}s ({:?})", elapsed.as_secs_f64(), mode());
+        eprintln!("{name}: {:.1}s ({:?})", done.elapsed.as_secs_f64(), mode());
     }
-    match status {
-        None => panic!("{name} ran past {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-        Some(s) if !s.success() => {
-            panic!("{name} failed ({s})\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        }
-        Some(_) => stdout,
-    }
+    done.success(name, limit)
 }
 
 macro_rules! c_tests {

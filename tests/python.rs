@@ -2,22 +2,13 @@
 //! the libnetev.so that `cargo test` built beside this test's executable,
 //! with a time limit. `.ci/run` installs pytest when it is missing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::{require_lib, root, run_bounded};
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// target/<profile>/deps: where `cargo test` builds libnetev.so beside
-/// this test's own executable.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().map(Path::to_path_buf).expect("deps directory")
-}
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
@@ -25,12 +16,7 @@ fn python() -> String {
 
 #[test]
 fn pytest_suite() {
-    let lib = lib_dir().join("libnetev.so");
-    assert!(
-        lib.exists(),
-        "{} is missing: cargo test builds it with the library",
-        lib.display()
-    );
+    let lib = require_lib();
     let probe = Command::new(python())
         .args(["-c", "import pytest"])
         .output()
@@ -52,50 +38,13 @@ fn pytest_suite() {
         }
         _ => binding.clone().into_os_string(),
     };
-    let mut child = Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(binding.join("tests"))
         .env("NETEV_LIB", &lib)
         .env("PYTHONPATH", pythonpath)
         // No __pycache__ or .pytest_cache left in the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pytest");
-    // Drain the pipes while it runs, so a chatty failure cannot block it.
-    let mut out_pipe = child.stdout.take().expect("stdout pipe");
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out_pipe, &mut v).ok();
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut err_pipe, &mut v).ok();
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("poll pytest") {
-            break Some(s);
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    match status {
-        None => panic!("pytest ran past {LIMIT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-        Some(s) if !s.success() => {
-            panic!("pytest failed ({s})\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        }
-        Some(_) => print!("{stdout}"),
-    }
+        .current_dir(root());
+    print!("{}", run_bounded(&mut cmd, LIMIT).success("pytest", LIMIT));
 }

@@ -1,0 +1,127 @@
+//! What the test programs' runners share: where this build's libnetev.so
+//! is, the instrumentation mode, and running a child with a time limit.
+//! Each test crate uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/<profile>/deps: where `cargo test` builds libnetev.so beside
+/// the test's own executable.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().map(Path::to_path_buf).expect("deps directory")
+}
+
+/// Fails with a clear message when the library under test is missing.
+pub fn require_lib() -> PathBuf {
+    let lib = lib_dir().join("libnetev.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: cargo test builds it with the library",
+        lib.display()
+    );
+    lib
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Plain,
+    Asan,
+    Valgrind,
+}
+
+/// `NETEV_C_TEST_MODE`: plain (default), asan or valgrind.
+pub fn mode() -> Mode {
+    match std::env::var("NETEV_C_TEST_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("plain") => Mode::Plain,
+        Ok("asan") => Mode::Asan,
+        Ok("valgrind") => Mode::Valgrind,
+        Ok(other) => panic!("NETEV_C_TEST_MODE={other}: expected plain, asan or valgrind"),
+    }
+}
+
+/// How much slower than plain a mode runs: stretches every time limit.
+pub fn time_factor() -> u32 {
+    match mode() {
+        Mode::Plain => 1,
+        Mode::Asan => 3,
+        Mode::Valgrind => 10,
+    }
+}
+
+/// Compiler flags of the asan mode.
+pub const SANITIZE_FLAGS: [&str; 3] = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+
+/// A child's end: None when it ran past its limit and was killed.
+pub struct Finished {
+    pub status: Option<ExitStatus>,
+    pub elapsed: Duration,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Its stdout, or a panic that shows everything when it failed.
+    pub fn success(self, name: &str, limit: Duration) -> String {
+        let (stdout, stderr) = (&self.stdout, &self.stderr);
+        match self.status {
+            None => panic!("{name} ran past {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+            Some(s) if !s.success() => {
+                panic!("{name} failed ({s})\nstdout:\n{stdout}\nstderr:\n{stderr}")
+            }
+            Some(_) => self.stdout,
+        }
+    }
+}
+
+/// Runs `cmd` to its end or `limit`, whichever comes first. Its output is
+/// drained while it runs, so a chatty child (valgrind, a sanitizer report)
+/// never blocks on a full pipe.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the test program");
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out_pipe, &mut v).ok();
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err_pipe, &mut v).ok();
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("poll the test program") {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    Finished {
+        status,
+        elapsed,
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+    }
+}
