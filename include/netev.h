@@ -506,8 +506,10 @@ enum netev_status netev_connection_retain(netev_connection conn);
  * `netev_connection_retain`. The last one closes a client connection if
  * it is still open (CLOSE and TERMINATE still fire, once) and frees it:
  * the handle stays usable inside those last callbacks, then is invalid.
- * An accepted connection whose last reference is given back before its
- * end goes on, owned by netev until its TERMINATE returns.
+ * Given back once TERMINATE is being delivered or later, the handle is
+ * invalid when this returns. An accepted connection whose last reference
+ * is given back before its end goes on, owned by netev until its
+ * TERMINATE returns.
  * Returns NETEV_ERR_INVALID_HANDLE for an unknown handle or when no
  * reference is left to give back (a double release).
  */
