@@ -25,15 +25,6 @@ pub fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
 }
 
-/// Identifies the calling thread without allocating (std's thread handle
-/// would allocate on a host thread and stay behind after netev is gone).
-fn thread_token() -> usize {
-    thread_local! {
-        static MARK: u8 = const { 0 };
-    }
-    MARK.with(|m| m as *const u8 as usize)
-}
-
 thread_local! {
     /// Dispatchers whose callbacks are running on this thread right now.
     static RUNNING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
@@ -54,8 +45,9 @@ const RELEASE_DRAIN: Duration = Duration::from_secs(5);
 
 struct Queue {
     jobs: VecDeque<Job>,
-    /// The thread running the queue now (see `thread_token`).
-    runner: Option<usize>,
+    /// A thread is running a batch: others wait their turn, so one
+    /// object's callbacks never overlap.
+    running: bool,
     /// The eventfd holds a count: it is readable.
     signaled: bool,
     /// Threads blocked on `changed`; notifying is skipped when there are none.
@@ -93,7 +85,7 @@ impl Dispatcher {
             id: handle::next_id(),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
-                runner: None,
+                running: false,
                 signaled: false,
                 waiters: 0,
                 retired: false,
@@ -172,7 +164,7 @@ impl Dispatcher {
     /// Runs the jobs queued now, on this thread.
     fn run_batch(&self, mut q: MutexGuard<'_, Queue>) -> usize {
         let batch = std::mem::take(&mut q.jobs);
-        q.runner = Some(thread_token());
+        q.running = true;
         self.set_signal(&mut q, false);
         drop(q);
         RUNNING.with(|r| r.borrow_mut().push(self.id));
@@ -189,7 +181,7 @@ impl Dispatcher {
             }
         });
         let mut q = self.lock();
-        q.runner = None;
+        q.running = false;
         if !q.jobs.is_empty() {
             self.set_signal(&mut q, true);
         }
@@ -209,7 +201,7 @@ impl Dispatcher {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
-            if q.runner.is_none() && !q.jobs.is_empty() {
+            if !q.running && !q.jobs.is_empty() {
                 return Ok(self.run_batch(q));
             }
             q = match self.wait(q, deadline) {
@@ -263,7 +255,7 @@ impl Dispatcher {
                 return Ok(true);
             }
             let q = self.lock();
-            if q.runner.is_none() && !q.jobs.is_empty() {
+            if !q.running && !q.jobs.is_empty() {
                 self.run_batch(q);
                 continue;
             }
@@ -282,7 +274,7 @@ impl Dispatcher {
             return 0;
         }
         let q = self.lock();
-        if q.runner.is_some() || q.jobs.is_empty() {
+        if q.running || q.jobs.is_empty() {
             return 0;
         }
         self.run_batch(q)
