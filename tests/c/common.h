@@ -176,21 +176,27 @@ static inline int rec_count(recorder *r, int type) {
   return k;
 }
 
+/* One bounded slice of a condition wait (`mu` held): sleeps on `cv` until
+ * signalled, 50 ms, or the monotonic deadline `end`; 0 once `end` passed. */
+static inline int cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, double end) {
+  double left = end - now_seconds();
+  if (left <= 0) return 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  double slice = left < 0.05 ? left : 0.05;
+  long ns = ts.tv_nsec + (long)(slice * 1e9);
+  ts.tv_sec += ns / 1000000000L;
+  ts.tv_nsec = ns % 1000000000L;
+  pthread_cond_timedwait(cv, mu, &ts);
+  return 1;
+}
+
 /* Waits until `pred(r, arg)` holds or `seconds` pass; returns whether it held. */
 static inline int rec_wait(recorder *r, int (*pred)(recorder *, size_t), size_t arg,
                            double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&r->mu);
-  while (!pred(r, arg)) {
-    double left = end - now_seconds();
-    if (left <= 0) break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double slice = left < 0.05 ? left : 0.05;
-    long ns = ts.tv_nsec + (long)(slice * 1e9);
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec = ns % 1000000000L;
-    pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+  while (!pred(r, arg) && cond_wait_until(&r->cv, &r->mu, end)) {
   }
   int ok = pred(r, arg);
   pthread_mutex_unlock(&r->mu);
@@ -402,15 +408,7 @@ static inline void peer_resume(peer *p) {
 static inline int peer_wait_finished(peer *p, double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
-  while (!p->finished && now_seconds() < end) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 20 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+  while (!p->finished && cond_wait_until(&p->cv, &p->mu, end)) {
   }
   int ok = p->finished;
   pthread_mutex_unlock(&p->mu);

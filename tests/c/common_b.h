@@ -59,10 +59,7 @@ static inline int fd_readable(int fd, int timeout_ms) {
 static inline int peer_wait_got(peer *p, size_t n, double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
-  while (p->got_len < n && now_seconds() < end) {
-    struct timespec ts;
-    deadline_in(&ts, 0.02);
-    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+  while (p->got_len < n && cond_wait_until(&p->cv, &p->mu, end)) {
   }
   int ok = p->got_len >= n;
   pthread_mutex_unlock(&p->mu);
@@ -202,10 +199,7 @@ static inline int flood_peer_wait_stall(flood_peer *p, double quiet, double seco
 static inline int flood_peer_wait_finished(flood_peer *p, double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
-  while (!p->finished && now_seconds() < end) {
-    struct timespec ts;
-    deadline_in(&ts, 0.02);
-    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+  while (!p->finished && cond_wait_until(&p->cv, &p->mu, end)) {
   }
   int ok = p->finished;
   pthread_mutex_unlock(&p->mu);
@@ -278,10 +272,7 @@ static inline void multi_peer_start(multi_peer *p, int max) {
 static inline int multi_peer_wait_accepted(multi_peer *p, int n, double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&p->mu);
-  while (p->accepted < n && now_seconds() < end) {
-    struct timespec ts;
-    deadline_in(&ts, 0.02);
-    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+  while (p->accepted < n && cond_wait_until(&p->cv, &p->mu, end)) {
   }
   int ok = p->accepted >= n;
   pthread_mutex_unlock(&p->mu);

@@ -390,16 +390,7 @@ static inline int lsn_wait(lsn_server *s, int (*pred)(lsn_server *, long), long 
                            double seconds) {
   double end = now_seconds() + seconds * test_time_factor();
   pthread_mutex_lock(&s->mu);
-  while (!pred(s, arg)) {
-    double left = end - now_seconds();
-    if (left <= 0) break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double slice = left < 0.05 ? left : 0.05;
-    long ns = ts.tv_nsec + (long)(slice * 1e9);
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec = ns % 1000000000L;
-    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+  while (!pred(s, arg) && cond_wait_until(&s->cv, &s->mu, end)) {
   }
   int ok = pred(s, arg);
   pthread_mutex_unlock(&s->mu);

@@ -10,6 +10,13 @@
 #define TOTAL ((size_t)16 * 1024 * 1024 + 12345)
 #define MAX_SENDS 100000
 
+/* rec_wait predicate (lock held): at least `n` DRAIN events so far. */
+static int drains_at_least(recorder *r, size_t n) {
+  size_t k = 0;
+  for (int i = 0; i < r->n; i++) k += r->types[i] == NETEV_EVENT_DRAIN;
+  return k >= n;
+}
+
 static size_t buffered(netev_connection c) {
   size_t n = 0;
   CHECK_OK(netev_connection_buffered_amount(c, &n));
@@ -78,11 +85,8 @@ static void test_limit_and_drain(void) {
     netev_status s = netev_connection_send(c, buf + off, k);
     if (s == NETEV_ERR_BUFFER_FULL) {
       drains_expected++;
-      double end = now_seconds() + 10;
-      while (rec_count(&r, NETEV_EVENT_DRAIN) < drains_expected) {
-        if (now_seconds() > end) FAIL("no DRAIN after refusal %d", drains_expected);
-        rec_wait(&r, rec_pred_type, NETEV_EVENT_DRAIN, 0.05);
-      }
+      if (!rec_wait(&r, drains_at_least, (size_t)drains_expected, 10))
+        FAIL("no DRAIN after refusal %d", drains_expected);
       continue;
     }
     CHECK_STATUS(s, NETEV_OK);
