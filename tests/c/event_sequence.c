@@ -115,8 +115,10 @@ static void echo_case(void) {
 
   CHECK_OK(netev_connection_shutdown(c));
   CHECK(is_closed(c));
-  /* a second shutdown is harmless */
-  CHECK_OK(netev_connection_shutdown(c));
+  /* a second shutdown is harmless: OK, or CLOSED if the peer's answer to
+   * the first already ended the connection */
+  netev_status again = netev_connection_shutdown(c);
+  CHECK(again == NETEV_OK || again == NETEV_ERR_CLOSED);
   REC_WAIT_TERMINATED_OR_FAIL(&x.r, 10);
   CHECK(xrec_wait_freed(&x, 10));
   CHECK_SEQUENCE(&x.r, "connection data* end close terminate");
