@@ -25,7 +25,10 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Mode, SANITIZE_FLAGS, lib_dir, mode, require_lib, root, run_bounded, time_factor};
+use support::{
+    Mode, SANITIZE_FLAGS, lib_dir, mode, program_command, require_lib, root, run_bounded,
+    time_factor,
+};
 
 /// How a program is linked against netev.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,58 +114,13 @@ pub fn run_c(name: &str, limit: Duration) -> String {
 fn run_c_with(name: &str, limit: Duration, run: Run) -> String {
     let exe = compile(name, run.link);
     let limit = limit * time_factor();
-    let mut cmd = match mode() {
-        Mode::Valgrind => {
-            let mut c = Command::new("valgrind");
-            // A forked child (hygiene_fork, load_10k) inherits the parent's
-            // heap without the threads that own it: its leak report would
-            // be noise. It is judged by its exit status instead.
-            c.args([
-                "-q",
-                "--error-exitcode=99",
-                "--trace-children=no",
-                "--child-silent-after-fork=yes",
-            ]);
-            if run.no_leak_check {
-                c.arg("--leak-check=no");
-            } else {
-                c.args([
-                    "--leak-check=full",
-                    "--show-leak-kinds=definite,indirect,possible",
-                    "--errors-for-leak-kinds=definite,indirect,possible",
-                ]);
-            }
-            c.arg(&exe);
-            c.env("NETEV_TEST_SCALE", "small");
-            c.env("NETEV_TEST_VALGRIND", "1");
-            c
-        }
-        _ => Command::new(&exe),
-    };
-    if mode() == Mode::Asan {
-        let leaks = if run.no_leak_check { 0 } else { 1 };
-        cmd.env(
-            "ASAN_OPTIONS",
-            format!(
-                "detect_leaks={leaks}:abort_on_error=0:exitcode=98:allocator_may_return_null=1"
-            ),
-        )
-        .env(
-            "UBSAN_OPTIONS",
-            "print_stacktrace=1:halt_on_error=1:exitcode=97",
-        )
-        .env("LSAN_OPTIONS", "exitcode=96");
-    }
-    if let Ok(scale) = std::env::var("NETEV_TEST_SCALE") {
+    let mut cmd = program_command(&exe, !run.no_leak_check);
+    if mode() != Mode::Valgrind
+        && let Ok(scale) = std::env::var("NETEV_TEST_SCALE")
+    {
         cmd.env("NETEV_TEST_SCALE", scale);
     }
-    // cargo's LD_LIBRARY_PATH also names target/<profile>, where a stale
-    // libnetev.so from an earlier `cargo build` may sit and would win over
-    // the program's rpath: point it at this build's library only.
-    cmd.env("LD_LIBRARY_PATH", lib_dir())
-        .env("NETEV_LIB_PATH", lib_dir().join("libnetev.so"))
-        .env("NETEV_TEST_TIME_FACTOR", time_factor().to_string())
-        .current_dir(lib_dir());
+    cmd.env("NETEV_LIB_PATH", lib_dir().join("libnetev.so"));
     let done = run_bounded(&mut cmd, limit);
     if std::env::var_os("NETEV_C_TEST_TIMES").is_some() {
         eprintln!("{name}: {:.1}s ({:?})", done.elapsed.as_secs_f64(), mode());

@@ -13,7 +13,10 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use support::{Mode, SANITIZE_FLAGS, lib_dir, mode, require_lib, root, run_bounded, time_factor};
+use support::{
+    Mode, SANITIZE_FLAGS, lib_dir, mode, program_command, require_lib, root, run_bounded,
+    time_factor,
+};
 
 fn compile(name: &str) -> PathBuf {
     require_lib();
@@ -65,36 +68,7 @@ fn compile(name: &str) -> PathBuf {
 fn run_cpp(name: &str, limit: Duration) -> String {
     let exe = compile(name);
     let limit = limit * time_factor();
-    let mut cmd = match mode() {
-        Mode::Valgrind => {
-            let mut c = Command::new("valgrind");
-            c.args([
-                "-q",
-                "--error-exitcode=99",
-                "--leak-check=full",
-                "--show-leak-kinds=definite,indirect,possible",
-                "--errors-for-leak-kinds=definite,indirect,possible",
-            ]);
-            c.arg(&exe);
-            c
-        }
-        _ => Command::new(&exe),
-    };
-    if mode() == Mode::Asan {
-        cmd.env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:abort_on_error=0:exitcode=98",
-        )
-        .env(
-            "UBSAN_OPTIONS",
-            "print_stacktrace=1:halt_on_error=1:exitcode=97",
-        )
-        .env("LSAN_OPTIONS", "exitcode=96");
-    }
-    // cargo's LD_LIBRARY_PATH also names target/<profile>, where a stale
-    // libnetev.so from an earlier `cargo build` may sit and would win over
-    // the program's rpath: point it at this build's library only.
-    cmd.env("LD_LIBRARY_PATH", lib_dir()).current_dir(lib_dir());
+    let mut cmd = program_command(&exe, true);
     let stdout = run_bounded(&mut cmd, limit).success(name, limit);
     assert!(
         stdout.ends_with("ok\n"),

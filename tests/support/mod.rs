@@ -62,6 +62,60 @@ pub const SANITIZE_FLAGS: [&str; 3] = [
     "-fno-omit-frame-pointer",
 ];
 
+/// The command that runs a test program in the current mode: under
+/// valgrind (leaks as errors unless `leak_check` is false), or directly
+/// with the sanitizers' options set; in every mode against this build's
+/// library only (cargo's LD_LIBRARY_PATH also names target/<profile>, where
+/// a stale libnetev.so may sit and would win over the program's rpath).
+pub fn program_command(exe: &Path, leak_check: bool) -> Command {
+    let mut cmd = match mode() {
+        Mode::Valgrind => {
+            let mut c = Command::new("valgrind");
+            // A forked child (hygiene_fork, load_10k) inherits the parent's
+            // heap without the threads that own it: its leak report would
+            // be noise. It is judged by its exit status instead.
+            c.args([
+                "-q",
+                "--error-exitcode=99",
+                "--trace-children=no",
+                "--child-silent-after-fork=yes",
+            ]);
+            if leak_check {
+                c.args([
+                    "--leak-check=full",
+                    "--show-leak-kinds=definite,indirect,possible",
+                    "--errors-for-leak-kinds=definite,indirect,possible",
+                ]);
+            } else {
+                c.arg("--leak-check=no");
+            }
+            c.arg(exe);
+            c.env("NETEV_TEST_SCALE", "small");
+            c.env("NETEV_TEST_VALGRIND", "1");
+            c
+        }
+        _ => Command::new(exe),
+    };
+    if mode() == Mode::Asan {
+        let leaks = u8::from(leak_check);
+        cmd.env(
+            "ASAN_OPTIONS",
+            format!(
+                "detect_leaks={leaks}:abort_on_error=0:exitcode=98:allocator_may_return_null=1"
+            ),
+        )
+        .env(
+            "UBSAN_OPTIONS",
+            "print_stacktrace=1:halt_on_error=1:exitcode=97",
+        )
+        .env("LSAN_OPTIONS", "exitcode=96");
+    }
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
+        .env("NETEV_TEST_TIME_FACTOR", time_factor().to_string())
+        .current_dir(lib_dir());
+    cmd
+}
+
 /// A child's end: None when it ran past its limit and was killed.
 pub struct Finished {
     pub status: Option<ExitStatus>,
