@@ -44,6 +44,11 @@
 #define NETEV_IP_TEXT_LEN 46
 
 /**
+ * Slices handed to one vectored write (1 MiB of full chunks).
+ */
+#define MAX_SLICES 16
+
+/**
  * Result of every netev call that can fail. The numbers are fixed forever,
  * so bindings can use them without this header; a number is never reused.
  */
@@ -302,8 +307,10 @@ typedef struct netev_error_info {
 
 /**
  * Decides on one incoming connection. `event` (type CONNECTION) carries the
- * peer's ip and port and, in `connection`, the handle the connection will
- * have; it becomes valid once this returns true. `options` is pre-filled
+ * peer's ip and port and, in `connection`, the new connection's handle,
+ * already live: `netev_connection_retain` and the getters work on it here
+ * (`user_data` and `no_delay` read their defaults until this returns, and
+ * no callback of the connection runs before). `options` is pre-filled
  * from the listener's `connection_defaults`: edit it and return true to
  * accept, or return false to close the socket at once. If the options
  * returned with true are invalid, the socket is closed, the listener gets

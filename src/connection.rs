@@ -6,20 +6,23 @@
 //! Hosts talk to it through `State` (one short-held mutex, never held while
 //! calling the host) and the task's waker, kept in that state.
 
-use crate::dispatch::{self, Dispatcher};
+use crate::dispatch::{Delivery, Dispatcher, Job, Mailbox};
 use crate::error::{Error, ErrorList, Result, Status, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
 use crate::handle::{self, Object, netev_connection, netev_dispatcher, netev_listener};
 use crate::log::log;
 use crate::runtime::{self, LiveTask};
+use crate::send_queue::{self, SendQueue};
+use crate::sync::{Guard, Mutex, call_host};
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ffi::{CString, c_void};
-use std::future::poll_fn;
-use std::io;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, LazyLock, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -110,10 +113,12 @@ pub const NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS: u64 = 30;
 pub const NETEV_DEFAULT_SEND_BUFFER_LIMIT: usize = 8 << 20;
 /// Largest read.
 const READ_CHUNK: usize = 64 << 10;
-/// Received bytes a dispatcher-bound connection may have queued but not yet
-/// delivered before it stops reading (API.md allows 1 MiB; one more read
-/// may land past it).
+/// Received bytes a dispatcher-bound connection may hold undelivered before
+/// it stops reading (API.md allows 1 MiB; one more read may land past it,
+/// and the buffer holding them at most doubles).
 const UNDELIVERED_LIMIT: usize = 256 << 10;
+/// Largest keepalive idle time Linux takes (MAX_TCP_KEEPIDLE).
+const MAX_KEEPALIVE_SECONDS: u64 = 32_767;
 /// Reads in a row before the task looks at its other work.
 const READS_PER_TURN: usize = 4;
 /// Rounds of work in one poll before the task yields to the others.
@@ -132,6 +137,21 @@ pub fn seconds(value: f64, what: &str) -> Result<Option<Duration>> {
         return Ok(None);
     }
     Ok(Some(Duration::from_secs_f64(value.min(MAX_SECONDS))))
+}
+
+/// The keepalive idle time: whole seconds, rounded up, at least 1, at most
+/// what the OS takes, so a bad value fails `open` rather than the connection.
+fn keepalive(value: f64) -> Result<Option<Duration>> {
+    let Some(t) = seconds(value, "keepalive")? else {
+        return Ok(None);
+    };
+    let whole = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    if whole > MAX_KEEPALIVE_SECONDS {
+        return Err(Error::invalid(format!(
+            "keepalive is {value} s; the most the OS takes is {MAX_KEEPALIVE_SECONDS} s"
+        )));
+    }
+    Ok(Some(Duration::from_secs(whole.max(1))))
 }
 
 /// A pointer the host handed over; netev only passes it back.
@@ -182,7 +202,7 @@ impl Config {
             user_data_free: o.user_data_free,
             no_delay: o.no_delay,
             allow_half_open: o.allow_half_open,
-            keepalive: seconds(o.keepalive, "keepalive")?,
+            keepalive: keepalive(o.keepalive)?,
             idle_timeout: seconds(o.idle_timeout, "idle_timeout")?,
             connection_timeout: seconds(o.connection_timeout, "connection_timeout")?.unwrap_or(
                 Duration::from_secs(NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS),
@@ -223,9 +243,8 @@ struct State {
     /// The socket's fd while connected, for host threads to write to
     /// directly; `Socket` unpublishes it under this lock before closing it.
     fd: Option<RawFd>,
-    /// Bytes queued but not yet written: `out[out_off..]`.
-    out: Vec<u8>,
-    out_off: usize,
+    /// Bytes queued but not yet written.
+    out: SendQueue,
     /// No more sends: shut the write side once `out` is written.
     write_shut_requested: bool,
     write_shut_done: bool,
@@ -249,14 +268,30 @@ struct State {
     errors: ErrorList,
     /// The task's waker, taken by whoever changes what the task acts on.
     waker: Option<Waker>,
-    /// Dispatcher mode: received bytes queued for the host, not yet run.
-    undelivered: usize,
 }
 
 impl State {
     fn queued(&self) -> usize {
-        self.out.len() - self.out_off
+        self.out.len()
     }
+}
+
+/// Dispatcher mode: the connection's events waiting for the host's thread.
+/// Received bytes join the DATA waiting last, so a trickling peer costs one
+/// growing buffer, not one entry per read; the dispatcher holds the
+/// connection once in its queue however many events wait here.
+#[derive(Default)]
+struct Outbox {
+    events: VecDeque<Pending>,
+    /// Received bytes waiting, or being delivered: reading stops at the limit.
+    undelivered: usize,
+    /// The connection is in its dispatcher's queue, or being delivered from.
+    scheduled: bool,
+}
+
+enum Pending {
+    Data(Vec<u8>),
+    Event(EventType, Option<Error>, After),
 }
 
 /// One TCP connection: a client one from `open`, or (later) an accepted one.
@@ -265,9 +300,12 @@ pub struct Connection {
     address: String,
     port: u16,
     listener: netev_listener,
-    cfg: Config,
+    /// Set when the connection starts: an accepted connection exists (its
+    /// handle is live) while the listener's host chooses its options.
+    cfg: OnceLock<Config>,
     remote: OnceLock<Remote>,
     state: Mutex<State>,
+    outbox: Mutex<Outbox>,
     /// Signals waiters in `wait` when no dispatcher is involved.
     ended: Condvar,
     /// The handle is in the table (see `current`).
@@ -297,6 +335,8 @@ thread_local! {
     static CURRENT: Cell<*const Connection> = const { Cell::new(std::ptr::null()) };
 }
 
+static DEFAULT_CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
+
 impl Connection {
     /// Starts connecting to `address`:`port` in the background and returns
     /// the connection, registered under its handle.
@@ -307,23 +347,22 @@ impl Connection {
         if address.is_empty() {
             return Err(Error::invalid("the address is empty"));
         }
-        let rt = runtime::handle()?;
+        let rt = runtime::opening()?;
         let id = handle::next_id();
-        let conn = Arc::new(Connection::new(id, address.to_owned(), port, 0, cfg, 1));
+        let conn = Arc::new(Connection::new(id, address.to_owned(), port, 0, 1));
         log!("connection", id, "open {address} port {port}");
-        conn.start(&rt, None);
+        conn.register();
+        conn.start(&rt, cfg, None);
         Ok(conn)
     }
 
-    /// Takes over a socket accepted by `listener`. netev owns the new
-    /// connection until its TERMINATE (no host reference yet).
-    pub(crate) fn adopt(
+    /// A connection a listener accepted and is offering to its host: its
+    /// handle is live (retain and the getters work) before the host decides.
+    /// netev owns it (no host reference yet). Follow with `accept` or `discard`.
+    pub(crate) fn incoming(
         id: netev_connection,
-        stream: TcpStream,
         peer: std::net::SocketAddr,
         listener: netev_listener,
-        cfg: Config,
-        rt: &tokio::runtime::Handle,
     ) -> Arc<Connection> {
         let remote = Remote::new(peer);
         let conn = Arc::new(Connection::new(
@@ -331,12 +370,42 @@ impl Connection {
             remote.ip_string(),
             peer.port(),
             listener,
-            cfg,
             0,
         ));
         let _ = conn.remote.set(remote);
-        conn.start(rt, Some(stream));
+        conn.register();
         conn
+    }
+
+    /// Starts an incoming connection with the options its host chose.
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        cfg: Config,
+        rt: &tokio::runtime::Handle,
+    ) {
+        self.start(rt, cfg, Some(stream));
+    }
+
+    /// Ends an incoming connection that never started (rejected, or its
+    /// options invalid): no callback fires; a handle the host retained in
+    /// the accept callback stays readable (closed) until released.
+    pub(crate) fn discard(&self) {
+        let mut st = self.lock();
+        st.finished = true;
+        st.closed = true;
+        st.terminating = true;
+        st.terminated = true;
+        let unowned = st.host_refs == 0;
+        drop(st);
+        if unowned {
+            self.unregister();
+        }
+    }
+
+    fn register(self: &Arc<Self>) {
+        self.in_table.store(true, Ordering::Release);
+        handle::insert(self.id, Object::Connection(self.clone()));
     }
 
     /// Removes the handle: calls on it fail from now on, from any thread.
@@ -354,13 +423,13 @@ impl Connection {
             return None;
         }
         // SAFETY: CURRENT is set only by `invoke` around a callback, while
-        // it holds an Arc to this connection, and restored before that Arc
-        // can go: the pointee is alive for as long as the callback runs.
+        // its caller holds an Arc to this connection, and restored before
+        // that Arc can go: the pointee is alive while the callback runs.
         let c = unsafe { &*p };
         if c.id != id || !c.in_table.load(Ordering::Acquire) {
             return None;
         }
-        // SAFETY: `p` came from Arc::as_ptr of a live Arc (see above); the
+        // SAFETY: `p` points into a live Arc's allocation (see above); the
         // new strong count is given back when the returned Arc drops.
         unsafe {
             Arc::increment_strong_count(p);
@@ -368,15 +437,33 @@ impl Connection {
         }
     }
 
-    /// Registers the handle and spawns the connection's task.
-    fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle, accepted: Option<TcpStream>) {
-        self.in_table.store(true, Ordering::Release);
-        handle::insert(self.id, Object::Connection(self.clone()));
+    /// The connection's settings; the defaults while an incoming connection
+    /// waits for its host's decision.
+    fn cfg(&self) -> &Config {
+        self.cfg.get().unwrap_or(&DEFAULT_CONFIG)
+    }
+
+    /// Fixes the settings and spawns the connection's task.
+    fn start(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        cfg: Config,
+        accepted: Option<TcpStream>,
+    ) {
+        if let Some(d) = &cfg.dispatcher {
+            d.bind();
+        }
+        let _ = self.cfg.set(cfg);
+        runtime::object_started();
         let task = Finisher::new(self.clone());
         let live = LiveTask::start();
-        rt.spawn(async move {
-            let _live = live;
-            task.run(accepted).await;
+        let conn = self.clone();
+        rt.spawn(Task {
+            conn,
+            future: async move {
+                let _live = live;
+                task.run(accepted).await;
+            },
         });
     }
 
@@ -385,36 +472,40 @@ impl Connection {
         address: String,
         port: u16,
         listener: u64,
-        cfg: Config,
         host_refs: u32,
     ) -> Connection {
-        if let Some(d) = &cfg.dispatcher {
-            d.bind();
-        }
         Connection {
             id,
             address,
             port,
             listener,
-            cfg,
+            cfg: OnceLock::new(),
             remote: OnceLock::new(),
             state: Mutex::new(State {
                 host_refs,
                 ..State::default()
             }),
+            outbox: Mutex::default(),
             ended: Condvar::new(),
             in_table: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.state.lock()
     }
 
     /// Records a failed host call on this connection and returns it.
     fn refuse(&self, st: &mut State, e: Error) -> Error {
         st.errors.push(e.clone());
         e
+    }
+
+    /// Records a host call refused before it reached the connection (a bad
+    /// argument) and returns it.
+    pub fn refuse_call(&self, e: Error) -> Error {
+        let mut st = self.lock();
+        self.refuse(&mut st, e)
     }
 
     /// Queues `data` (copied) after every byte sent before it.
@@ -428,7 +519,8 @@ impl Connection {
             return Err(self.refuse(&mut st, e));
         }
         let queued = st.queued();
-        if queued > 0 && queued + data.len() > self.cfg.send_buffer_limit {
+        let limit = self.cfg().send_buffer_limit;
+        if queued > 0 && queued.saturating_add(data.len()) > limit {
             st.refused = true;
             let e = Error::new(
                 Status::NETEV_ERR_BUFFER_FULL,
@@ -436,7 +528,7 @@ impl Connection {
                     "{} bytes queued + {} would pass the send limit of {}",
                     queued,
                     data.len(),
-                    self.cfg.send_buffer_limit
+                    limit
                 ),
             );
             return Err(self.refuse(&mut st, e));
@@ -453,16 +545,12 @@ impl Connection {
         {
             rest = &data[n..];
             log!("connection", self.id, "sent {n} bytes");
-            if self.cfg.idle_timeout.is_some() {
+            if self.cfg().idle_timeout.is_some() {
                 st.last_write = Some(Instant::now());
             }
         }
         if !rest.is_empty() {
-            if st.out_off == st.out.len() {
-                st.out.clear();
-                st.out_off = 0;
-            }
-            st.out.extend_from_slice(rest);
+            st.out.push(rest);
             if queued == 0 {
                 kick(st);
             }
@@ -509,12 +597,12 @@ impl Connection {
     /// Wakes threads in `wait` after a change to what they wait for. The
     /// state lock is released before the dispatcher's is taken: a waiter
     /// running the dispatcher takes them in the other order.
-    fn wake_waiters(&self, st: MutexGuard<'_, State>) {
+    fn wake_waiters(&self, st: Guard<'_, State>) {
         if st.waiters > 0 {
             self.ended.notify_all();
         }
         drop(st);
-        if let Some(d) = &self.cfg.dispatcher {
+        if let Some(d) = &self.cfg().dispatcher {
             d.wake();
         }
     }
@@ -532,9 +620,8 @@ impl Connection {
         if self.wait_done() {
             return Ok(());
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        if let Some(d) = &self.cfg.dispatcher {
-            return match d.run_until(deadline, || self.wait_done())? {
+        if let Some(d) = &self.cfg().dispatcher {
+            return match d.run_until(timeout, &|| self.wait_done())? {
                 true => Ok(()),
                 false => Err(timed_out()),
             };
@@ -549,6 +636,7 @@ impl Connection {
                  the events it waits for need this thread",
             ));
         }
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         st.waiters += 1;
         let result = loop {
@@ -556,16 +644,13 @@ impl Connection {
                 break Ok(());
             }
             st = match deadline {
-                None => self.ended.wait(st).unwrap_or_else(|p| p.into_inner()),
+                None => st.wait(&self.ended),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         break Err(timed_out());
                     }
-                    self.ended
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    st.wait_timeout(&self.ended, d - now)
                 }
             };
         };
@@ -622,13 +707,13 @@ impl Connection {
         self.lock().closed
     }
     pub fn no_delay(&self) -> bool {
-        self.cfg.no_delay
+        self.cfg().no_delay
     }
     pub fn listener(&self) -> netev_listener {
         self.listener
     }
     pub fn user_data(&self) -> *mut c_void {
-        self.cfg.user_data.0
+        self.cfg().user_data.0
     }
     pub fn buffered_amount(&self) -> usize {
         self.lock().queued()
@@ -640,7 +725,7 @@ impl Connection {
         self.lock().errors.get(index).map(netev_error_info::from)
     }
     pub fn dispatcher_id(&self) -> netev_dispatcher {
-        self.cfg.dispatcher.as_ref().map_or(0, |d| d.id)
+        self.cfg().dispatcher.as_ref().map_or(0, |d| d.id)
     }
     /// The remote end, once connected.
     pub fn remote(&self) -> Remote {
@@ -649,59 +734,57 @@ impl Connection {
 
     // ----- delivery -------------------------------------------------------
 
-    /// Delivers one event: at once on this thread, or queued on the
-    /// dispatcher. `data` is copied only when it must outlive this call.
+    /// Delivers one event: at once on this thread, or through the outbox to
+    /// the dispatcher's thread. `data` is copied only when it must outlive
+    /// this call.
     fn deliver(self: &Arc<Self>, ty: EventType, data: &[u8], error: Option<&Error>, after: After) {
-        let cb = self.cfg.callback(ty);
-        if cb.is_none() && matches!(after, After::Nothing) {
+        let cfg = self.cfg();
+        if cfg.callback(ty).is_none() && matches!(after, After::Nothing) {
             return;
         }
-        match &self.cfg.dispatcher {
-            None => {
-                self.invoke(ty, data, error, after);
-            }
-            Some(d) => {
-                let conn = self.clone();
-                let data = data.to_vec();
-                let error = error.cloned();
-                if !data.is_empty() {
-                    self.lock().undelivered += data.len();
+        let Some(d) = &cfg.dispatcher else {
+            self.invoke(ty, data, error, after);
+            return;
+        };
+        let mut out = self.outbox.lock();
+        match ty {
+            EventType::NETEV_EVENT_DATA => {
+                out.undelivered += data.len();
+                match out.events.back_mut() {
+                    Some(Pending::Data(waiting)) => waiting.extend_from_slice(data),
+                    _ => out.events.push_back(Pending::Data(data.to_vec())),
                 }
-                d.post(Box::new(move || {
-                    let ran = conn.invoke(ty, &data, error.as_ref(), after);
-                    if !data.is_empty() {
-                        conn.delivered(data.len());
-                    }
-                    ran
-                }));
             }
+            // One DRAIN waiting says all a later one would.
+            EventType::NETEV_EVENT_DRAIN
+                if out.events.iter().any(
+                    |p| matches!(p, Pending::Event(t, ..) if *t == EventType::NETEV_EVENT_DRAIN),
+                ) => {}
+            _ => out
+                .events
+                .push_back(Pending::Event(ty, error.cloned(), after)),
+        }
+        let post = !out.scheduled;
+        out.scheduled = true;
+        drop(out);
+        if post {
+            d.post(Job::Mailbox(self.clone()));
         }
     }
 
-    /// Gives back receive room once a queued DATA callback has run, waking
-    /// the task if it had stopped reading for lack of it.
-    fn delivered(&self, n: usize) {
-        let mut st = self.lock();
-        let was_full = st.undelivered >= UNDELIVERED_LIMIT;
-        st.undelivered = st.undelivered.saturating_sub(n);
-        if was_full && st.undelivered < UNDELIVERED_LIMIT {
-            kick(st);
-        }
+    /// Whether a dispatcher-bound connection may read more now.
+    fn receive_room(&self) -> bool {
+        self.cfg().dispatcher.is_none() || self.outbox.lock().undelivered < UNDELIVERED_LIMIT
     }
 
     /// Calls the host's callback for `ty`, then the after-action. Returns
     /// whether a host callback ran.
-    fn invoke(
-        self: &Arc<Self>,
-        ty: EventType,
-        data: &[u8],
-        error: Option<&Error>,
-        after: After,
-    ) -> bool {
+    fn invoke(&self, ty: EventType, data: &[u8], error: Option<&Error>, after: After) -> bool {
         if matches!(after, After::Terminated) {
             self.lock().terminating = true;
         }
-        let cb = self.cfg.callback(ty);
+        let cfg = self.cfg();
+        let cb = cfg.callback(ty);
         if let Some(cb) = cb {
             let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);
             let message;
@@ -709,18 +792,18 @@ impl Connection {
                 message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
                 ev = ev.with_error(e, &message);
             }
-            let outer = CURRENT.replace(Arc::as_ptr(self));
-            dispatch::guard(|| {
+            let outer = CURRENT.replace(self);
+            call_host(|| {
                 // SAFETY: the host registered `cb` for this event type; `ev`
                 // and what it points to live until the call returns.
-                unsafe { cb(self.id, &ev, self.cfg.user_data.0) }
+                unsafe { cb(self.id, &ev, cfg.user_data.0) }
             });
             CURRENT.set(outer);
         }
         match after {
             After::Nothing => {}
             After::AutoShutdown => {
-                if !self.cfg.allow_half_open {
+                if !cfg.allow_half_open {
                     let mut st = self.lock();
                     if !st.write_shut_requested {
                         st.write_shut_requested = true;
@@ -740,33 +823,43 @@ impl Connection {
         let unowned = st.host_refs == 0;
         self.wake_waiters(st);
         log!("connection", self.id, "terminated");
-        if let Some(free) = self.cfg.user_data_free {
-            dispatch::guard(|| {
+        let cfg = self.cfg();
+        if let Some(free) = cfg.user_data_free {
+            call_host(|| {
                 // SAFETY: the host gave this function to free its own
                 // pointer; TERMINATE is the last use, so it runs once, here.
-                unsafe { free(self.cfg.user_data.0) }
+                unsafe { free(cfg.user_data.0) }
             });
         }
-        if let Some(d) = &self.cfg.dispatcher {
+        if let Some(d) = &cfg.dispatcher {
             d.unbind();
         }
         if unowned {
             self.unregister();
         }
+        runtime::object_ended();
     }
 
-    /// Ends the connection: CLOSE or ERROR, then TERMINATE, exactly once.
+    /// Ends the connection, once: CLOSE or ERROR, then TERMINATE. A host that
+    /// asked to close gets CLOSE whatever failed meanwhile.
     fn finish(self: &Arc<Self>, end: End) {
-        {
+        let end = {
             let mut st = self.lock();
+            if st.finished {
+                return;
+            }
             st.finished = true;
             st.closed = true;
-            st.out = Vec::new();
-            st.out_off = 0;
+            st.out.clear();
+            let end = match end {
+                End::Error(_) if st.close_requested => End::Close,
+                end => end,
+            };
             if let End::Error(e) = &end {
                 st.errors.push(e.clone());
             }
-        }
+            end
+        };
         match &end {
             End::Close => {
                 log!("connection", self.id, "closed");
@@ -819,7 +912,7 @@ impl Connection {
                 .component("dns")
             }))
         };
-        let limit = self.cfg.connection_timeout;
+        let limit = self.cfg().connection_timeout;
         match tokio::time::timeout(limit, attempt).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
@@ -847,11 +940,11 @@ impl Connection {
     }
 
     fn configure(&self, s: &TcpStream) -> Result<()> {
-        if self.cfg.no_delay {
+        if self.cfg().no_delay {
             s.set_nodelay(true)
                 .map_err(|e| Error::io(&e, "cannot set TCP_NODELAY"))?;
         }
-        if let Some(t) = self.cfg.keepalive {
+        if let Some(t) = self.cfg().keepalive {
             let ka = socket2::TcpKeepalive::new().with_time(t);
             socket2::SockRef::from(s)
                 .set_tcp_keepalive(&ka)
@@ -865,10 +958,25 @@ impl Connection {
     /// critical section, so a host change after it always wakes the task.
     fn flush(&self, s: &TcpStream, waker: &Waker, peer_ended: bool) -> Result<Snapshot> {
         let mut st = self.lock();
+        if st.close_requested {
+            // Queued bytes are dropped: nothing more is written, and no
+            // failed write can turn the host's close into an ERROR.
+            return Ok(Snapshot {
+                close: true,
+                ..Snapshot::default()
+            });
+        }
         let before = st.queued();
-        while st.out_off < st.out.len() {
-            match s.try_write(&st.out[st.out_off..]) {
-                Ok(n) => st.out_off += n,
+        while !st.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); send_queue::MAX_SLICES];
+            let n = st.out.slices(&mut slices);
+            // tokio's try_write_vectored is writev(), which raises SIGPIPE
+            // in the host when the peer reset; sendmsg takes MSG_NOSIGNAL.
+            let fd = s.as_raw_fd();
+            match s.try_io(tokio::io::Interest::WRITABLE, || {
+                send_vectored(fd, &slices[..n])
+            }) {
+                Ok(n) => st.out.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Error::io(&e, "write")),
             }
@@ -876,19 +984,11 @@ impl Connection {
         let written = before - st.queued();
         if written > 0 {
             log!("connection", self.id, "sent {written} bytes");
-            if self.cfg.idle_timeout.is_some() {
+            if self.cfg().idle_timeout.is_some() {
                 st.last_write = Some(Instant::now());
             }
         }
-        if st.out_off == st.out.len() {
-            st.out_off = 0;
-            if st.out.capacity() > READ_CHUNK {
-                st.out = Vec::new();
-            } else {
-                st.out.clear();
-            }
-        }
-        let drain = st.refused && st.queued() <= self.cfg.send_buffer_limit / 2;
+        let drain = st.refused && st.queued() <= self.cfg().send_buffer_limit / 2;
         if drain {
             st.refused = false;
         }
@@ -908,8 +1008,7 @@ impl Connection {
             drain,
             want_write: st.queued() > 0,
             shut_done: st.write_shut_done,
-            close: st.close_requested,
-            room: st.undelivered < UNDELIVERED_LIMIT,
+            close: false,
         })
     }
 
@@ -928,10 +1027,7 @@ impl Connection {
             .unwrap_or_else(|| vec![0u8; READ_CHUNK].into_boxed_slice());
         let mut result = Poll::Ready(Ok(false));
         for i in 0..READS_PER_TURN {
-            if i > 0
-                && self.cfg.dispatcher.is_some()
-                && self.lock().undelivered >= UNDELIVERED_LIMIT
-            {
+            if i > 0 && !self.receive_room() {
                 break;
             }
             // poll_read, unlike try_read, takes a short read as the end of
@@ -955,7 +1051,7 @@ impl Connection {
                         break;
                     }
                     log!("connection", self.id, "received {n} bytes");
-                    if self.cfg.idle_timeout.is_some() {
+                    if self.cfg().idle_timeout.is_some() {
                         *last_read = Instant::now();
                     }
                     self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
@@ -990,7 +1086,7 @@ impl Connection {
                 return Poll::Ready(End::Close);
             }
             let mut progress = false;
-            if !io.peer_ended && snap.room {
+            if !io.peer_ended && self.receive_room() {
                 match self.poll_read_some(cx, s, &mut io.last_read) {
                     Poll::Pending => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e)),
@@ -999,7 +1095,7 @@ impl Connection {
                         if ended {
                             io.peer_ended = true;
                             log!("connection", self.id, "end: the peer finished sending");
-                            if !self.cfg.allow_half_open {
+                            if !self.cfg().allow_half_open {
                                 self.lock().closed = true;
                             }
                             self.deliver(
@@ -1022,7 +1118,7 @@ impl Connection {
             if let Some(sleep) = io.idle.as_mut()
                 && sleep.as_mut().poll(cx).is_ready()
             {
-                let limit = self.cfg.idle_timeout.unwrap_or_default();
+                let limit = self.cfg().idle_timeout.unwrap_or_default();
                 let last_write = self.lock().last_write.unwrap_or(io.last_read);
                 let last = io.last_read.max(last_write);
                 if last.elapsed() >= limit {
@@ -1049,7 +1145,7 @@ impl Connection {
             last_read: Instant::now(),
             // Only connections with an idle timeout pay for a timer.
             idle: self
-                .cfg
+                .cfg()
                 .idle_timeout
                 .map(|t| Box::pin(tokio::time::sleep(t))),
         };
@@ -1057,14 +1153,50 @@ impl Connection {
     }
 }
 
+impl Mailbox for Connection {
+    fn deliver_next(&self) -> Delivery {
+        let next = {
+            let mut out = self.outbox.lock();
+            match out.events.pop_front() {
+                Some(p) => p,
+                None => {
+                    out.scheduled = false;
+                    return Delivery {
+                        ran: false,
+                        more: false,
+                    };
+                }
+            }
+        };
+        let ran = match next {
+            Pending::Data(bytes) => {
+                let ran = self.invoke(EventType::NETEV_EVENT_DATA, &bytes, None, After::Nothing);
+                let mut out = self.outbox.lock();
+                let was_full = out.undelivered >= UNDELIVERED_LIMIT;
+                out.undelivered -= bytes.len();
+                if was_full && out.undelivered < UNDELIVERED_LIMIT {
+                    drop(out);
+                    // The task stopped reading for lack of room: wake it.
+                    kick(self.lock());
+                }
+                ran
+            }
+            Pending::Event(ty, error, after) => self.invoke(ty, &[], error.as_ref(), after),
+        };
+        let mut out = self.outbox.lock();
+        let more = !out.events.is_empty();
+        out.scheduled = more;
+        Delivery { ran, more }
+    }
+}
+
 /// What the task acts on, read in the critical section that registered its waker.
+#[derive(Default)]
 struct Snapshot {
     drain: bool,
     want_write: bool,
     shut_done: bool,
     close: bool,
-    /// Dispatcher mode: room for more received data.
-    room: bool,
 }
 
 /// The task's own state while established.
@@ -1082,7 +1214,7 @@ fn register(st: &mut State, waker: &Waker) {
 }
 
 /// Wakes the task after a change to `st`, once the lock is released.
-fn kick(mut st: MutexGuard<'_, State>) {
+fn kick(mut st: Guard<'_, State>) {
     let waker = st.waker.take();
     drop(st);
     if let Some(w) = waker {
@@ -1189,9 +1321,59 @@ fn send_now(fd: RawFd, data: &[u8]) -> Option<usize> {
     usize::try_from(n).ok().filter(|n| *n > 0)
 }
 
+/// Writes what the socket takes of `slices`, in order, without blocking
+/// and without SIGPIPE.
+fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (std guarantees it); the
+    // kernel only reads through these pointers.
+    msg.msg_iov = slices.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = slices.len();
+    // SAFETY: `fd` is the caller's open socket; `msg` points at `slices`,
+    // live for the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 impl Drop for Finisher {
     fn drop(&mut self) {
-        self.finish(End::Close);
+        // Unwinding from a panic in the task: `CatchUnwind` ends the
+        // connection with ERROR once the unwinding is over.
+        if !std::thread::panicking() {
+            self.finish(End::Close);
+        }
+    }
+}
+
+/// A connection's task: a panic inside it ends the connection with
+/// ERROR(NETEV_ERR_INTERNAL) at once, before the task's state (and its
+/// `Finisher`, which would say CLOSE) is dropped.
+struct Task<F> {
+    conn: Arc<Connection>,
+    future: F,
+}
+
+impl<F: Future<Output = ()>> Future for Task<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `future` is pinned structurally: it is never moved out of
+        // `self`, which is itself pinned; `conn` is only borrowed.
+        let (conn, future) = unsafe {
+            let me = self.get_unchecked_mut();
+            (&me.conn, Pin::new_unchecked(&mut me.future))
+        };
+        match crate::sync::contain(|| future.poll(cx)) {
+            Some(poll) => poll,
+            None => {
+                conn.finish(End::Error(Error::new(
+                    Status::NETEV_ERR_INTERNAL,
+                    "a panic inside netev ended this connection; please report it",
+                )));
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -1203,14 +1385,7 @@ mod tests {
     /// (it was 736 bytes with a select! over five futures).
     #[test]
     fn connection_task_stays_small() {
-        let c = Arc::new(Connection::new(
-            1,
-            String::new(),
-            1,
-            0,
-            Config::default(),
-            1,
-        ));
+        let c = Arc::new(Connection::new(1, String::new(), 1, 0, 1));
         let task = Finisher::new(c.clone()).run(None);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "the connection task is {size} bytes");

@@ -8,21 +8,50 @@
 
 use crate::error::{Error, Result, Status};
 use crate::handle::{self, Object};
+use crate::sync::{Guard, Mutex, contain};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
 
-/// A queued delivery. Returns whether it called into the host.
-pub type Job = Box<dyn FnOnce() -> bool + Send>;
+/// An object whose events wait in a queue of its own until the host's
+/// thread runs them, one per turn. The dispatcher holds it at most once in
+/// its queue however many events wait, so a peer trickling bytes to a host
+/// that does not dispatch costs one queue entry, not one per read.
+pub trait Mailbox: Send + Sync {
+    /// Delivers the oldest waiting event. Returns whether a host callback
+    /// ran and whether more events wait (the dispatcher then queues the
+    /// mailbox again, behind what was queued meanwhile).
+    fn deliver_next(&self) -> Delivery;
+}
 
-/// Runs `f`, which calls into the host or runs netev code on the host's
-/// behalf, so that a panic in netev never unwinds into a host frame.
-pub fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
-    catch_unwind(AssertUnwindSafe(f)).ok()
+pub struct Delivery {
+    pub ran: bool,
+    pub more: bool,
+}
+
+/// A queued delivery.
+pub enum Job {
+    /// One delivery; returns whether it called into the host.
+    Once(Box<dyn FnOnce() -> bool + Send>),
+    Mailbox(Arc<dyn Mailbox>),
+}
+
+impl Job {
+    /// Runs one callback's worth of the job; returns whether a host callback
+    /// ran, and the job again when it has more to deliver.
+    fn run(self) -> (bool, Option<Job>) {
+        match self {
+            Job::Once(f) => (contain(f).unwrap_or(false), None),
+            Job::Mailbox(m) => match contain(|| m.deliver_next()) {
+                Some(Delivery { ran, more: true }) => (ran, Some(Job::Mailbox(m))),
+                Some(Delivery { ran, more: false }) => (ran, None),
+                None => (false, None),
+            },
+        }
+    }
 }
 
 thread_local! {
@@ -39,20 +68,42 @@ fn running_here(id: u64) -> bool {
     RUNNING.with(|r| r.borrow().contains(&id))
 }
 
-/// How long a release (or a runtime shutdown) keeps running the final
-/// callbacks of the objects it closed before it gives up on them.
+/// Marks this thread as running `id`'s callbacks while it lives.
+struct Running(u64);
+
+impl Running {
+    fn enter(id: u64) -> Running {
+        RUNNING.with(|r| r.borrow_mut().push(id));
+        Running(id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some(i) = r.iter().rposition(|x| *x == self.0) {
+                r.remove(i);
+            }
+        });
+    }
+}
+
+/// How long a release keeps running the final callbacks of the objects it
+/// closed before it leaves the rest to netev's threads.
 const RELEASE_DRAIN: Duration = Duration::from_secs(5);
 
 struct Queue {
     jobs: VecDeque<Job>,
-    /// A thread is running a batch: others wait their turn, so one
-    /// object's callbacks never overlap.
+    /// A thread is running jobs: others wait their turn, so one object's
+    /// callbacks never overlap.
     running: bool,
     /// The eventfd holds a count: it is readable.
     signaled: bool,
     /// Threads blocked on `changed`; notifying is skipped when there are none.
     waiters: usize,
-    /// Released and its last callbacks drained: later jobs run at once.
+    /// Released: nobody will run this queue any more. The thread running it
+    /// (if any) runs what is left; later jobs run on the thread posting them.
     retired: bool,
 }
 
@@ -63,6 +114,19 @@ pub struct Dispatcher {
     fd: OwnedFd,
     /// Objects bound to this dispatcher whose TERMINATE has not run yet.
     bound: AtomicUsize,
+}
+
+/// When a run stops starting callbacks.
+#[derive(Clone, Copy)]
+struct Until<'a> {
+    deadline: Option<Instant>,
+    done: &'a dyn Fn() -> bool,
+}
+
+impl Until<'_> {
+    fn reached(&self) -> bool {
+        (self.done)() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 impl Dispatcher {
@@ -102,8 +166,8 @@ impl Dispatcher {
         self.fd.as_raw_fd()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Guard<'_, Queue> {
+        self.queue.lock()
     }
 
     fn set_signal(&self, q: &mut Queue, on: bool) {
@@ -149,38 +213,68 @@ impl Dispatcher {
     /// Queues a job for the host's thread.
     pub fn post(&self, job: Job) {
         let mut q = self.lock();
-        if q.retired {
-            drop(q);
-            guard(job);
+        if q.retired && !q.running {
+            q.running = true;
+            q.jobs.push_back(job);
+            self.run_retired(q);
             return;
         }
         q.jobs.push_back(job);
-        if q.jobs.len() == 1 {
+        if !q.running {
             self.set_signal(&mut q, true);
         }
         self.notify(&q);
     }
 
-    /// Runs the jobs queued now, on this thread.
-    fn run_batch(&self, mut q: MutexGuard<'_, Queue>) -> usize {
-        let batch = std::mem::take(&mut q.jobs);
+    /// Runs what is left of a released dispatcher's queue on this thread,
+    /// until it is empty. The caller has set `running`.
+    fn run_retired<'a>(&'a self, mut q: Guard<'a, Queue>) {
+        let _running = Running::enter(self.id);
+        while let Some(job) = q.jobs.pop_front() {
+            drop(q);
+            let (_, again) = job.run();
+            q = self.lock();
+            if let Some(job) = again {
+                q.jobs.push_back(job);
+            }
+        }
+        q.running = false;
+        self.set_signal(&mut q, false);
+        self.notify(&q);
+    }
+
+    /// Runs, on this thread, the jobs queued when it starts, one callback
+    /// each (a mailbox with more goes to the back of the queue, for a later
+    /// run), stopping early once `until` is reached. Returns the number of
+    /// host callbacks that ran.
+    fn run_batch<'a>(&'a self, mut q: Guard<'a, Queue>, until: Option<Until<'_>>) -> usize {
+        let batch = q.jobs.len();
         q.running = true;
         self.set_signal(&mut q, false);
         drop(q);
-        RUNNING.with(|r| r.borrow_mut().push(self.id));
+        let running = Running::enter(self.id);
         let mut ran = 0;
-        for job in batch {
-            if guard(job) == Some(true) {
-                ran += 1;
+        for i in 0..batch {
+            if i > 0 && until.is_some_and(|u| u.reached()) {
+                break;
+            }
+            let Some(job) = self.lock().jobs.pop_front() else {
+                break;
+            };
+            let (r, again) = job.run();
+            ran += usize::from(r);
+            if let Some(job) = again {
+                self.lock().jobs.push_back(job);
             }
         }
-        RUNNING.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some(i) = r.iter().rposition(|x| *x == self.id) {
-                r.remove(i);
-            }
-        });
+        drop(running);
         let mut q = self.lock();
+        if q.retired {
+            // Released inside one of the callbacks just run: nobody will
+            // run this queue again, so what is left runs now, here.
+            self.run_retired(q);
+            return ran;
+        }
         q.running = false;
         if !q.jobs.is_empty() {
             self.set_signal(&mut q, true);
@@ -189,20 +283,36 @@ impl Dispatcher {
         ran
     }
 
-    /// Runs queued callbacks on the calling thread, waiting up to `timeout`
-    /// (None: no limit) for the first one.
-    pub fn run(&self, timeout: Option<Duration>) -> Result<usize> {
+    /// Refuses to block where the callbacks waited for could never run.
+    fn check_may_block(&self, what: &str) -> Result<()> {
         if running_here(self.id) {
             return Err(Error::new(
                 Status::NETEV_ERR_WOULD_DEADLOCK,
-                "netev_dispatcher_run called inside one of its own callbacks",
+                format!("{what} inside a callback of the dispatcher it would have to run"),
             ));
         }
+        if crate::runtime::on_runtime_thread() {
+            return Err(Error::new(
+                Status::NETEV_ERR_WOULD_DEADLOCK,
+                format!(
+                    "{what} on a netev I/O thread: a dispatcher's callbacks run on the host's \
+                     threads, and this one must stay free for netev's I/O"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs queued callbacks on the calling thread, waiting up to `timeout`
+    /// (None: no limit) for the first one. Runs at most what was queued when
+    /// it started, so a flood cannot hold it.
+    pub fn run(&self, timeout: Option<Duration>) -> Result<usize> {
+        self.check_may_block("netev_dispatcher_run")?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
             if !q.running && !q.jobs.is_empty() {
-                return Ok(self.run_batch(q));
+                return Ok(self.run_batch(q, None));
             }
             q = match self.wait(q, deadline) {
                 Some(q) => q,
@@ -214,9 +324,9 @@ impl Dispatcher {
     /// Blocks until the queue changes or `deadline` passes (None after it passed).
     fn wait<'a>(
         &self,
-        mut q: MutexGuard<'a, Queue>,
+        mut q: Guard<'a, Queue>,
         deadline: Option<Instant>,
-    ) -> Option<MutexGuard<'a, Queue>> {
+    ) -> Option<Guard<'a, Queue>> {
         let left = match deadline {
             Some(d) => {
                 let now = Instant::now();
@@ -229,34 +339,45 @@ impl Dispatcher {
         };
         q.waiters += 1;
         let mut q = match left {
-            Some(left) => {
-                self.changed
-                    .wait_timeout(q, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
-            None => self.changed.wait(q).unwrap_or_else(|p| p.into_inner()),
+            Some(left) => q.wait_timeout(&self.changed, left),
+            None => q.wait(&self.changed),
         };
         q.waiters -= 1;
         Some(q)
     }
 
-    /// Runs callbacks on this thread until `done()` holds or `deadline`
-    /// passes. Returns whether `done()` held.
-    pub fn run_until(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> Result<bool> {
-        if running_here(self.id) {
-            return Err(Error::new(
-                Status::NETEV_ERR_WOULD_DEADLOCK,
-                "waiting inside a callback of the dispatcher that must run it",
-            ));
+    /// Runs callbacks on this thread until `done()` holds or `timeout`
+    /// passes (None: no limit; zero: only what is queued now). Checks both
+    /// between callbacks: one already running finishes, none starts after.
+    /// Returns whether `done()` held.
+    pub fn run_until(&self, timeout: Option<Duration>, done: &dyn Fn() -> bool) -> Result<bool> {
+        self.check_may_block("waiting")?;
+        if done() {
+            return Ok(true);
         }
+        if timeout == Some(Duration::ZERO) {
+            let q = self.lock();
+            if !q.running && !q.jobs.is_empty() {
+                let until = Until {
+                    deadline: None,
+                    done,
+                };
+                self.run_batch(q, Some(until));
+            }
+            return Ok(done());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let until = Until { deadline, done };
         loop {
             if done() {
                 return Ok(true);
             }
             let q = self.lock();
             if !q.running && !q.jobs.is_empty() {
-                self.run_batch(q);
+                self.run_batch(q, Some(until));
+                if until.reached() {
+                    return Ok(done());
+                }
                 continue;
             }
             if done() {
@@ -268,7 +389,8 @@ impl Dispatcher {
         }
     }
 
-    /// Runs what is queued now without waiting; skipped if another thread runs it.
+    /// Runs what is queued now without waiting; skipped if another thread
+    /// runs it or this thread is inside one of its callbacks.
     pub fn run_ready(&self) -> usize {
         if running_here(self.id) {
             return 0;
@@ -277,11 +399,15 @@ impl Dispatcher {
         if q.running || q.jobs.is_empty() {
             return 0;
         }
-        self.run_batch(q)
+        self.run_batch(q, None)
     }
 
     /// Invalidates the handle, closes every connection and listener bound to
-    /// it and runs their last callbacks (CLOSE, TERMINATE) on the calling thread.
+    /// it and runs their last callbacks (CLOSE, TERMINATE) on the calling
+    /// thread, for up to 5 s; what is left then runs on netev's threads.
+    /// Inside one of its own callbacks, or on a netev I/O thread, it does not
+    /// wait: the callbacks left run after the current one (on the thread
+    /// running it), or on netev's threads.
     pub fn release(self: &Arc<Self>) {
         handle::remove(self.id);
         for obj in handle::all() {
@@ -291,23 +417,20 @@ impl Dispatcher {
                 _ => {}
             }
         }
-        if running_here(self.id) {
-            // Inside one of our own callbacks: the batch that is running
-            // finishes first; jobs left over then run at once as they come.
-            self.lock().retired = true;
+        if self.check_may_block("release").is_ok() {
+            let _ = self.run_until(Some(RELEASE_DRAIN), &|| {
+                self.bound.load(Ordering::Acquire) == 0
+            });
+        }
+        let mut q = self.lock();
+        q.retired = true;
+        if q.running {
+            // The thread running it (maybe this one, further up) runs the
+            // rest when its current callback returns.
             return;
         }
-        let deadline = Instant::now() + RELEASE_DRAIN;
-        let _ = self.run_until(Some(deadline), || self.bound.load(Ordering::Acquire) == 0);
-        let leftover = {
-            let mut q = self.lock();
-            q.retired = true;
-            self.set_signal(&mut q, false);
-            std::mem::take(&mut q.jobs)
-        };
-        for job in leftover {
-            guard(job);
-        }
+        q.running = true;
+        self.run_retired(q);
     }
 }
 
@@ -330,8 +453,8 @@ mod tests {
             unsafe { libc::poll(&mut p, 1, 0) == 1 }
         };
         assert!(!readable(&d));
-        d.post(Box::new(|| true));
-        d.post(Box::new(|| false));
+        d.post(Job::Once(Box::new(|| true)));
+        d.post(Job::Once(Box::new(|| false)));
         assert!(readable(&d));
         assert_eq!(d.run(Some(Duration::ZERO)).unwrap(), 1);
         assert!(!readable(&d));
@@ -344,14 +467,14 @@ mod tests {
         let d = Dispatcher::create().unwrap();
         let saw = Arc::new(AtomicBool::new(false));
         let (d2, saw2) = (d.clone(), saw.clone());
-        d.post(Box::new(move || {
+        d.post(Job::Once(Box::new(move || {
             let r = d2.run(Some(Duration::ZERO));
             saw2.store(
                 matches!(r, Err(e) if e.code == Status::NETEV_ERR_WOULD_DEADLOCK),
                 Ordering::SeqCst,
             );
             true
-        }));
+        })));
         assert_eq!(d.run(None).unwrap(), 1);
         assert!(saw.load(Ordering::SeqCst));
         d.release();
@@ -363,7 +486,7 @@ mod tests {
         let d2 = d.clone();
         let t = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
-            d2.post(Box::new(|| true));
+            d2.post(Job::Once(Box::new(|| true)));
         });
         assert_eq!(d.run(Some(Duration::from_secs(10))).unwrap(), 1);
         t.join().unwrap();

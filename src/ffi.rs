@@ -62,6 +62,7 @@ fn text<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
 fn copy_out(s: &str, buf: *mut c_char, capacity: usize) -> Result<usize> {
     if capacity > 0 {
         need(buf, "buf")?;
+        check_size(capacity, "capacity")?;
         // SAFETY: non-NULL was checked; the host promises `capacity`
         // writable bytes at `buf`.
         let dst = unsafe { std::slice::from_raw_parts_mut(buf, capacity) };
@@ -99,6 +100,17 @@ fn read_options<T: Copy + Default>(p: *const T, name: &str) -> Result<T> {
         );
     }
     Ok(value)
+}
+
+/// A size no object can have (above PTRDIFF_MAX) is refused before any
+/// slice is built from it.
+fn check_size(len: usize, name: &str) -> Result<()> {
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!(
+            "{name} is {len}, above PTRDIFF_MAX: no buffer is that large"
+        )));
+    }
+    Ok(())
 }
 
 /// A wait timeout: negative is no limit, NaN is invalid.
@@ -214,6 +226,7 @@ pub extern "C" fn netev_connection_send(
             return c.send(&[]);
         }
         need(data, "data")?;
+        check_size(len, "len").map_err(|e| c.refuse_call(e))?;
         // SAFETY: non-NULL was checked; the host promises `len` readable
         // bytes at `data` for the duration of the call.
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };

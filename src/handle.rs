@@ -43,16 +43,19 @@ pub fn next_id() -> u64 {
 
 pub fn insert(id: u64, obj: Object) {
     // A poisoned lock only means a panic elsewhere; the map itself is intact.
+    let _held = crate::sync::Held::new();
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
     t.insert(id, obj);
 }
 
 pub fn remove(id: u64) -> Option<Object> {
+    let _held = crate::sync::Held::new();
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
     t.remove(&id)
 }
 
 fn get(id: u64) -> Option<Object> {
+    let _held = crate::sync::Held::new();
     let t = TABLE.read().unwrap_or_else(|p| p.into_inner());
     t.get(&id).cloned()
 }
@@ -96,6 +99,7 @@ pub fn listener(id: u64) -> Result<Arc<Listener>> {
 
 /// Every live object, for runtime shutdown.
 pub fn all() -> Vec<Object> {
+    let _held = crate::sync::Held::new();
     let t = TABLE.read().unwrap_or_else(|p| p.into_inner());
     t.values().cloned().collect()
 }

@@ -13,6 +13,8 @@ pub mod handle;
 pub mod listener;
 pub mod log;
 pub mod runtime;
+pub mod send_queue;
+pub mod sync;
 
 pub const NETEV_VERSION_MAJOR: u32 = 0;
 pub const NETEV_VERSION_MINOR: u32 = 1;

@@ -2,22 +2,25 @@
 //! same connection machinery a client connection uses.
 
 use crate::connection::{Config, Connection, HostPtr, netev_connection_options};
-use crate::dispatch::{self, Dispatcher};
+use crate::dispatch::{Dispatcher, Job};
 use crate::error::{Error, ErrorList, Result, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
 use crate::handle::{self, Object, netev_dispatcher, netev_listener};
 use crate::log::log;
 use crate::runtime::{self, LiveTask};
+use crate::sync::{Guard, Mutex, call_host};
 use std::ffi::{CString, c_char, c_void};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
 /// Decides on one incoming connection. `event` (type CONNECTION) carries the
-/// peer's ip and port and, in `connection`, the handle the connection will
-/// have; it becomes valid once this returns true. `options` is pre-filled
+/// peer's ip and port and, in `connection`, the new connection's handle,
+/// already live: `netev_connection_retain` and the getters work on it here
+/// (`user_data` and `no_delay` read their defaults until this returns, and
+/// no callback of the connection runs before). `options` is pre-filled
 /// from the listener's `connection_defaults`: edit it and return true to
 /// accept, or return false to close the socket at once. If the options
 /// returned with true are invalid, the socket is closed, the listener gets
@@ -225,7 +228,7 @@ impl Listener {
     /// Binds and listens now (so a port in use fails here), then accepts in
     /// the background. Port 0 picks a free port; see `port()`.
     pub fn open(port: u16, cfg: ListenerConfig) -> Result<Arc<Listener>> {
-        let rt = runtime::handle()?;
+        let rt = runtime::opening()?;
         let std_listener = bind(port, &cfg)
             .map_err(|e| Error::io(&e, &format!("cannot listen on port {port}")))?;
         let socket = {
@@ -255,6 +258,7 @@ impl Listener {
             pending,
         });
         handle::insert(l.id, Object::Listener(l.clone()));
+        runtime::object_started();
         log!("listener", l.id, "listening on port {port}");
         let task = l.clone();
         let live = LiveTask::start();
@@ -265,8 +269,8 @@ impl Listener {
         Ok(l)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Guard<'_, State> {
+        self.state.lock()
     }
 
     pub fn port(&self) -> u16 {
@@ -379,7 +383,7 @@ impl Listener {
             None => {
                 decide();
             }
-            Some(d) => d.post(Box::new(decide)),
+            Some(d) => d.post(Job::Once(Box::new(decide))),
         }
     }
 
@@ -392,6 +396,8 @@ impl Listener {
         }
         let id = handle::next_id();
         let remote = Remote::new(peer);
+        // Live before the host decides, so it can retain and read it there.
+        let conn = Connection::incoming(id, peer, self.id);
         let mut options = self.cfg.connection_defaults.0;
         if options.dispatcher == 0 {
             options.dispatcher = self.dispatcher_id();
@@ -401,7 +407,7 @@ impl Listener {
             Some(cb) => {
                 let mut ev = netev_event::new(EventType::NETEV_EVENT_CONNECTION, id, &remote);
                 ev.connection = id;
-                dispatch::guard(|| {
+                call_host(|| {
                     // SAFETY: the host registered `cb` for incoming
                     // connections; `ev` and `options` live until it returns.
                     unsafe { cb(self.id, &ev, self.cfg.user_data.0, &mut options) }
@@ -411,29 +417,30 @@ impl Listener {
         };
         if !accepted {
             log!("listener", self.id, "rejected {}", remote.endpoint());
+            conn.discard();
             drop(stream);
             return self.cfg.on_connection.is_some();
         }
         match Config::from_options(&options) {
-            Ok(cfg) => {
-                log!(
-                    "listener",
-                    self.id,
-                    "accepted {} as connection {id}",
-                    remote.endpoint()
-                );
-                match runtime::handle() {
-                    Ok(rt) => {
-                        Connection::adopt(id, stream, peer, self.id, cfg, &rt);
-                    }
-                    // Shutting down between the check above and here.
-                    Err(_) => {
-                        drop(stream);
-                        give_back(&options);
-                    }
+            Ok(cfg) => match runtime::opening() {
+                Ok(rt) => {
+                    log!(
+                        "listener",
+                        self.id,
+                        "accepted {} as connection {id}",
+                        remote.endpoint()
+                    );
+                    conn.accept(stream, cfg, &rt);
                 }
-            }
+                // Shutting down between the check above and here.
+                Err(_) => {
+                    conn.discard();
+                    drop(stream);
+                    give_back(&options);
+                }
+            },
             Err(e) => {
+                conn.discard();
                 give_back(&options);
                 let e = Error::new(
                     e.code,
@@ -455,7 +462,7 @@ impl Listener {
             None => {
                 job();
             }
-            Some(d) => d.post(Box::new(job)),
+            Some(d) => d.post(Job::Once(Box::new(job))),
         }
     }
 
@@ -471,7 +478,7 @@ impl Listener {
                 message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
                 ev = ev.with_error(e, &message);
             }
-            dispatch::guard(|| {
+            call_host(|| {
                 // SAFETY: the host registered `cb` for this event type; `ev`
                 // and what it points to live until the call returns.
                 unsafe { cb(self.id, &ev, self.cfg.user_data.0) }
@@ -495,6 +502,7 @@ impl Listener {
         if unowned {
             handle::remove(self.id);
         }
+        runtime::object_ended();
     }
 }
 
@@ -502,7 +510,7 @@ impl Listener {
 /// started (so no TERMINATE will free it): free it now, once.
 fn give_back(options: &netev_connection_options) {
     if let Some(free) = options.user_data_free {
-        dispatch::guard(|| {
+        call_host(|| {
             // SAFETY: the host's own function for its own pointer; with no
             // connection, nothing else will ever call it for this one.
             unsafe { free(options.user_data) }

@@ -5,12 +5,13 @@
 //! to a host callback.
 
 use crate::error::{Error, Result};
+use std::cell::RefCell;
 use std::ffi::{CString, c_char, c_void};
 use std::fmt::Arguments;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Receives each log line (NUL-terminated, no trailing newline), borrowed
@@ -19,11 +20,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub type netev_log_callback =
     Option<unsafe extern "C" fn(line: *const c_char, user_data: *mut c_void)>;
 
+/// Where lines go. A plain std mutex, not a counted one: it is the log's
+/// own, never held while calling the host, and its release must not write
+/// deferred lines (that would recurse into it).
 struct Sink {
     file: Option<File>,
     from_env: bool,
     callback: netev_log_callback,
     user_data: usize,
+    /// Bumped by each `set_callback`: calls are counted per generation so a
+    /// replacement can wait for the calls of the callbacks it replaced.
+    generation: u64,
+    /// (generation, calls running now) for each generation with calls running.
+    in_flight: Vec<(u64, usize)>,
 }
 
 static SINK: Mutex<Sink> = Mutex::new(Sink {
@@ -31,7 +40,19 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
     from_env: false,
     callback: None,
     user_data: 0,
+    generation: 0,
+    in_flight: Vec::new(),
 });
+/// Signalled when a log callback call returns.
+static CALL_ENDED: Condvar = Condvar::new();
+
+thread_local! {
+    /// Lines logged while this thread held a netev lock, written once it
+    /// holds none (see `crate::sync`).
+    static DEFERRED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Generations of the log callbacks running on this thread (nested).
+    static CALLING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
 /// Checked before any formatting so an unused log costs one load per event.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -68,11 +89,23 @@ pub fn close() {
     refresh(&s);
 }
 
+/// Replaces the log callback. When it returns, calls of the callbacks it
+/// replaced that run on other threads have returned too, and none starts
+/// again; called from inside a log callback it does not wait (two threads
+/// doing so would wait for each other).
 pub fn set_callback(callback: netev_log_callback, user_data: *mut c_void) {
     let mut s = sink();
     s.callback = callback;
     s.user_data = user_data as usize;
+    s.generation += 1;
+    let generation = s.generation;
     refresh(&s);
+    if CALLING.with(|c| !c.borrow().is_empty()) {
+        return;
+    }
+    while s.in_flight.iter().any(|(g, _)| *g < generation) {
+        s = CALL_ENDED.wait(s).unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// Opens NETEV_LOG_FILE when the runtime starts, unless a log file is open.
@@ -129,28 +162,71 @@ fn timestamp() -> String {
     )
 }
 
-/// Writes one line: `<timestamp> <kind> <handle> <what>`.
+/// Writes one line: `<timestamp> <kind> <handle> <what>`. Formatted now;
+/// written now, or, while this thread holds a netev lock, as soon as it
+/// holds none, so the log callback may call netev on the object the line
+/// is about.
 pub fn write(kind: &str, id: u64, what: Arguments<'_>) {
     if !enabled() {
         return;
     }
     let line = format!("{} {kind} {id} {what}", timestamp());
-    let (callback, user_data) = {
+    if crate::sync::holding_a_lock() {
+        DEFERRED.with(|d| d.borrow_mut().push(line));
+        return;
+    }
+    emit(line);
+}
+
+/// Writes the lines deferred on this thread; called when its last netev
+/// lock is released.
+pub(crate) fn write_deferred() {
+    loop {
+        let lines = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if lines.is_empty() {
+            return;
+        }
+        for line in lines {
+            emit(line);
+        }
+    }
+}
+
+fn emit(line: String) {
+    let (callback, user_data, generation) = {
         let mut s = sink();
         if let Some(f) = s.file.as_mut() {
             let _ = writeln!(f, "{line}");
         }
-        (s.callback, s.user_data)
+        let generation = s.generation;
+        if s.callback.is_some() {
+            match s.in_flight.iter_mut().find(|(g, _)| *g == generation) {
+                Some((_, n)) => *n += 1,
+                None => s.in_flight.push((generation, 1)),
+            }
+        }
+        (s.callback, s.user_data, generation)
+    };
+    let Some(cb) = callback else {
+        return;
     };
     // The host is called with no lock held: it may log, or call netev, itself.
-    if let Some(cb) = callback
-        && let Ok(c) = CString::new(line)
-    {
-        crate::dispatch::guard(|| {
+    if let Ok(c) = CString::new(line) {
+        CALLING.with(|c| c.borrow_mut().push(generation));
+        crate::sync::call_host(|| {
             // SAFETY: the host registered this function for exactly this
             // call; the line is a valid C string for the call's duration.
             unsafe { cb(c.as_ptr(), user_data as *mut c_void) }
         });
+        CALLING.with(|c| c.borrow_mut().pop());
+    }
+    let mut s = sink();
+    if let Some(i) = s.in_flight.iter().position(|(g, _)| *g == generation) {
+        s.in_flight[i].1 -= 1;
+        if s.in_flight[i].1 == 0 {
+            s.in_flight.swap_remove(i);
+            CALL_ENDED.notify_all();
+        }
     }
 }
 

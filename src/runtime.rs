@@ -3,9 +3,10 @@
 
 use crate::error::{Error, Result, Status};
 use crate::handle::{self, Object};
+use crate::sync::{Guard, Held, Mutex};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, Once};
+use std::sync::{Condvar, Once};
 use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, Runtime};
 
@@ -62,8 +63,8 @@ fn shut_down_error() -> Error {
     )
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Runtime>> {
-    RUNTIME.lock().unwrap_or_else(|p| p.into_inner())
+fn lock() -> Guard<'static, Option<Runtime>> {
+    RUNTIME.lock()
 }
 
 fn build() -> Result<Runtime> {
@@ -92,11 +93,41 @@ fn started_log() {
     crate::log::log!("runtime", 0, "open");
 }
 
-/// The runtime's handle, starting the runtime on first use.
-pub fn handle() -> Result<Handle> {
+/// Opens in progress: a shutdown waits for them to have registered what
+/// they open, so that it ends it, instead of racing them.
+static OPENING: AtomicUsize = AtomicUsize::new(0);
+
+/// The runtime's handle while an object opens. Holding it, the open
+/// registers its object before a shutdown can look for it; it counts as a
+/// held lock (no host call meanwhile, log lines deferred), so a shutdown
+/// waiting for it never waits for the host.
+pub struct Opening {
+    handle: Handle,
+    _held: Held,
+}
+
+impl std::ops::Deref for Opening {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        OPENING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The runtime's handle for an open, starting the runtime on first use.
+pub fn opening() -> Result<Opening> {
     if forked() {
         return Err(shut_down_error());
     }
+    let held = Held::new();
+    OPENING.fetch_add(1, Ordering::SeqCst);
+    // Dropped on every early return: the count goes back down.
+    let counted = OpeningCount;
     if shutting_down() {
         return Err(Error::new(
             Status::NETEV_ERR_SHUTDOWN,
@@ -104,15 +135,30 @@ pub fn handle() -> Result<Handle> {
         ));
     }
     let mut rt = lock();
-    if let Some(rt) = rt.as_ref() {
-        return Ok(rt.handle().clone());
+    let handle = match rt.as_ref() {
+        Some(rt) => rt.handle().clone(),
+        None => {
+            let started = build()?;
+            let h = started.handle().clone();
+            *rt = Some(started);
+            drop(rt);
+            started_log();
+            h
+        }
+    };
+    std::mem::forget(counted);
+    Ok(Opening {
+        handle,
+        _held: held,
+    })
+}
+
+struct OpeningCount;
+
+impl Drop for OpeningCount {
+    fn drop(&mut self) {
+        OPENING.fetch_sub(1, Ordering::SeqCst);
     }
-    let started = build()?;
-    let h = started.handle().clone();
-    *rt = Some(started);
-    drop(rt);
-    started_log();
-    Ok(h)
 }
 
 /// Starts the runtime with `options`. Fails with INVALID_ARGUMENT when it
@@ -137,13 +183,31 @@ pub fn init(options: &netev_runtime_options) -> Result<()> {
     Ok(())
 }
 
-/// Counts connection tasks still running, so shutdown can wait for their
-/// last events instead of cutting them off.
+/// Counts tasks still running and objects whose TERMINATE callback has not
+/// returned yet, so shutdown can wait for their last events instead of
+/// cutting them off, and return only once nothing more will be delivered.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Taken only to sleep on, and to signal, the last task's end during
-/// shutdown: a task's start and end otherwise cost one atomic each.
+/// Taken only to sleep on, and to signal, the last one's end during
+/// shutdown: a start and an end otherwise cost one atomic each.
 static LIVE_LOCK: Mutex<()> = Mutex::new(());
 static LIVE_CHANGED: Condvar = Condvar::new();
+
+/// A connection or listener started: it will have a TERMINATE.
+pub fn object_started() {
+    LIVE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Its TERMINATE callback returned.
+pub fn object_ended() {
+    live_ended();
+}
+
+fn live_ended() {
+    if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 && shutting_down() {
+        let _held = LIVE_LOCK.lock();
+        LIVE_CHANGED.notify_all();
+    }
+}
 
 /// Held by each running task; dropping it marks the task finished.
 pub struct LiveTask(());
@@ -157,20 +221,36 @@ impl LiveTask {
 
 impl Drop for LiveTask {
     fn drop(&mut self) {
-        if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 && shutting_down() {
-            let _held = LIVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            LIVE_CHANGED.notify_all();
-        }
+        live_ended();
     }
 }
 
-fn live_tasks() -> usize {
+fn live() -> usize {
     LIVE.load(Ordering::Acquire)
+}
+
+/// Serialises shutdowns: a second caller waits for the first, then runs its
+/// own (which finds little or nothing left to do).
+struct Gate {
+    running: bool,
+}
+
+static GATE: Mutex<Gate> = Mutex::new(Gate { running: false });
+static GATE_CHANGED: Condvar = Condvar::new();
+
+fn timed_out() -> Error {
+    Error::new(
+        Status::NETEV_ERR_TIMEOUT,
+        "netev_runtime_shutdown ran out of time before every TERMINATE had run",
+    )
 }
 
 /// Ends every open object (each TERMINATE runs once), then stops netev's
 /// threads. Callbacks of dispatcher-bound objects still queued run on the
-/// calling thread. A later call starts a fresh runtime.
+/// calling thread unless another thread is running that dispatcher. OK
+/// means every TERMINATE callback has returned and nothing more will be
+/// delivered; past the deadline, TIMEOUT. A later call starts a fresh
+/// runtime.
 pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
     if forked() {
         return Err(shut_down_error());
@@ -188,7 +268,36 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
         ));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
+    {
+        let mut gate = GATE.lock();
+        while gate.running {
+            gate = match deadline {
+                None => gate.wait(&GATE_CHANGED),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(timed_out());
+                    }
+                    gate.wait_timeout(&GATE_CHANGED, d - now)
+                }
+            };
+        }
+        gate.running = true;
+    }
+    let result = shutdown_now(deadline);
+    GATE.lock().running = false;
+    GATE_CHANGED.notify_all();
+    result
+}
+
+fn shutdown_now(deadline: Option<Instant>) -> Result<()> {
+    let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
     SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    // Opens already past their check register their object first (they
+    // call no host code meanwhile), so the rounds below end it.
+    while OPENING.load(Ordering::SeqCst) > 0 && !past(deadline) {
+        std::thread::yield_now();
+    }
     // Let every task deliver its last events while dispatcher-bound ones
     // are run here. Each round ends what is still open: a callback run here
     // may have opened something before it saw the shutdown.
@@ -205,7 +314,7 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
         for d in &dispatchers {
             d.run_ready();
         }
-        if live_tasks() == 0 {
+        if live() == 0 {
             break;
         }
         let slice = Duration::from_millis(5);
@@ -219,9 +328,9 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
             }
             None => slice,
         };
-        let held = LIVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        if live_tasks() > 0 {
-            let _ = LIVE_CHANGED.wait_timeout(held, wait);
+        let held = LIVE_LOCK.lock();
+        if live() > 0 {
+            let _ = held.wait_timeout(&LIVE_CHANGED, wait);
         }
     }
     let rt = lock().take();
@@ -239,6 +348,9 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
     }
     crate::log::stop();
     SHUTTING_DOWN.store(false, Ordering::SeqCst);
+    if live() > 0 {
+        return Err(timed_out());
+    }
     Ok(())
 }
 

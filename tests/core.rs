@@ -184,7 +184,7 @@ fn dispatcher_runs_every_callback_on_the_waiting_thread() {
     c.shutdown().unwrap();
     // shutdown ends a wait at once; close makes the connection end.
     c.close_now();
-    d.run_until(Some(Instant::now() + Duration::from_secs(10)), || {
+    d.run_until(Some(Duration::from_secs(10)), &|| {
         rec.seen
             .lock()
             .unwrap()

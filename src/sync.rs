@@ -1,0 +1,198 @@
+//! Locks that know they are held, and the one door into the host.
+//!
+//! netev promises that no host code (a callback, `user_data_free`, the log
+//! callback) ever runs while netev holds a lock: a host that calls back into
+//! netev from there would deadlock on it. Every netev lock goes through
+//! [`Mutex`] (or holds a [`Held`] token beside a lock of another kind), which
+//! counts, per thread, the locks held; every call into the host goes through
+//! [`call_host`], which in debug builds aborts the process when that count is
+//! not zero, so a test catches the next such bug rather than a reader.
+//!
+//! Log lines written while a lock is held are kept on the thread and written
+//! when its last lock is released (see `log::write`).
+
+use std::cell::Cell;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+thread_local! {
+    /// netev locks this thread holds right now.
+    static HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// True while this thread holds a netev lock.
+pub fn holding_a_lock() -> bool {
+    HELD.with(|h| h.get() > 0)
+}
+
+/// Counts one lock as held by this thread for as long as it lives.
+pub struct Held(());
+
+impl Held {
+    #[allow(clippy::new_without_default)] // taking one is an act, not a default
+    pub fn new() -> Held {
+        HELD.with(|h| h.set(h.get() + 1));
+        Held(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let left = HELD.with(|h| {
+            let n = h.get().saturating_sub(1);
+            h.set(n);
+            n
+        });
+        if left == 0 {
+            crate::log::write_deferred();
+        }
+    }
+}
+
+/// A mutex whose guard counts as held (see the module comment). A poisoned
+/// lock only means a panic elsewhere, caught at the boundary; the data is
+/// still consistent at every unlock, so poisoning is ignored.
+pub struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    pub const fn new(value: T) -> Mutex<T> {
+        Mutex(std::sync::Mutex::new(value))
+    }
+
+    pub fn lock(&self) -> Guard<'_, T> {
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Guard {
+            inner: ManuallyDrop::new(inner),
+            held: ManuallyDrop::new(Held::new()),
+        }
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Mutex::new(T::default())
+    }
+}
+
+pub struct Guard<'a, T> {
+    inner: ManuallyDrop<std::sync::MutexGuard<'a, T>>,
+    held: ManuallyDrop<Held>,
+}
+
+impl<T> Deref for Guard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> DerefMut for Guard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: each field is dropped exactly once, here, and never used
+        // again: the mutex first, then the count, whose last release may
+        // write deferred log lines (which must not run under the mutex).
+        unsafe {
+            ManuallyDrop::drop(&mut self.inner);
+            ManuallyDrop::drop(&mut self.held);
+        }
+    }
+}
+
+impl<'a, T> Guard<'a, T> {
+    fn into_parts(self) -> (std::sync::MutexGuard<'a, T>, Held) {
+        let mut me = ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped, so each field is taken exactly once.
+        unsafe {
+            (
+                ManuallyDrop::take(&mut me.inner),
+                ManuallyDrop::take(&mut me.held),
+            )
+        }
+    }
+
+    fn from_parts(inner: std::sync::MutexGuard<'a, T>, held: Held) -> Self {
+        Guard {
+            inner: ManuallyDrop::new(inner),
+            held: ManuallyDrop::new(held),
+        }
+    }
+
+    /// Blocks on `cv`, releasing the lock meanwhile. The thread still counts
+    /// the lock as held: it calls nothing while blocked.
+    pub fn wait(self, cv: &std::sync::Condvar) -> Self {
+        let (inner, held) = self.into_parts();
+        let inner = cv.wait(inner).unwrap_or_else(|p| p.into_inner());
+        Guard::from_parts(inner, held)
+    }
+
+    /// As `wait`, for at most `timeout`.
+    pub fn wait_timeout(self, cv: &std::sync::Condvar, timeout: Duration) -> Self {
+        let (inner, held) = self.into_parts();
+        let inner = match cv.wait_timeout(inner, timeout) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+        Guard::from_parts(inner, held)
+    }
+}
+
+/// Runs netev code on the host's behalf (a queued delivery, a drop on a
+/// host thread) so that a panic in netev never unwinds into a host frame.
+pub fn contain<R>(f: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// Calls into the host: every callback, `user_data_free` and the log
+/// callback go through here. No netev lock may be held (checked in debug
+/// builds, where a violation aborts so that tests cannot miss it), and a
+/// panic on the way never crosses into the host.
+pub fn call_host<R>(f: impl FnOnce() -> R) -> Option<R> {
+    if cfg!(debug_assertions) && holding_a_lock() {
+        eprintln!(
+            "netev bug: the host is about to be called while this thread holds a netev lock\n{}",
+            std::backtrace::Backtrace::force_capture()
+        );
+        std::process::abort();
+    }
+    contain(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_while_held_and_across_waits() {
+        let m = Mutex::new(1);
+        let cv = std::sync::Condvar::new();
+        assert!(!holding_a_lock());
+        {
+            let g = m.lock();
+            assert!(holding_a_lock());
+            let g = g.wait_timeout(&cv, Duration::from_millis(1));
+            assert_eq!(*g, 1);
+            assert!(holding_a_lock());
+        }
+        assert!(!holding_a_lock());
+        {
+            let _held = Held::new();
+            let _g = m.lock();
+            assert!(holding_a_lock());
+        }
+        assert!(!holding_a_lock());
+    }
+
+    #[test]
+    fn call_host_contains_panics() {
+        assert_eq!(call_host(|| 7), Some(7));
+        assert_eq!(call_host(|| -> i32 { panic!("contained") }), None);
+    }
+}
