@@ -257,7 +257,9 @@ typedef struct netev_connection_options {
    */
   bool allow_half_open;
   /**
-   * Seconds of idle before TCP keepalive probes; 0 = off.
+   * Seconds of idle before TCP keepalive probes; 0 = off. Applied in
+   * whole seconds, rounded up (at least 1); above 32767 (the most Linux
+   * takes), open gives NETEV_ERR_INVALID_ARGUMENT.
    */
   double keepalive;
   /**
@@ -448,7 +450,8 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  *
  * Returns NETEV_ERR_NULL_ARGUMENT (`address` or `out` NULL),
  * NETEV_ERR_INVALID_ARGUMENT (invalid UTF-8, empty address, port 0, a
- * negative or NaN number of seconds, `size` not set),
+ * negative or NaN number of seconds, a keepalive above 32767 s, `size`
+ * not set),
  * NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
  * NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
  */
@@ -461,7 +464,11 @@ enum netev_status netev_connection_open(const char *address,
  * Queues a copy of `len` bytes at `data` for sending, after every byte
  * queued before it (from any thread). Bytes sent before the connection is
  * established go out once it is. `data` may be NULL when `len` is 0.
+ * Memory stays bounded by the limit (plus under 200 KiB of slack) whatever
+ * the pattern: written bytes are freed as the socket takes them.
  *
+ * `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
+ * in the errors list) without touching `data`.
  * Returns NETEV_ERR_CLOSED after shutdown or close; NETEV_ERR_BUFFER_FULL
  * when the queued bytes plus `len` would pass `send_buffer_limit` (a send
  * into an empty queue is always taken): nothing of the call is queued, and
@@ -483,11 +490,14 @@ enum netev_status netev_connection_shutdown(netev_connection conn);
  * Waits until the connection has ended (its TERMINATE callback returned)
  * or shutdown was called on it, at most `timeout_seconds` (< 0: no limit;
  * 0: only run what is ready). If the connection has a dispatcher, its
- * queued callbacks run on the calling thread meanwhile.
+ * queued callbacks run on the calling thread meanwhile; the deadline is
+ * checked between them (a callback already running finishes, none starts
+ * after the deadline), so a busy peer never stretches the wait.
  *
  * Returns NETEV_OK, NETEV_ERR_TIMEOUT, NETEV_ERR_INVALID_ARGUMENT (NaN),
- * NETEV_ERR_INVALID_HANDLE, or NETEV_ERR_WOULD_DEADLOCK when called where
- * it could never finish: inside a callback on a netev I/O thread, or
+ * NETEV_ERR_INVALID_HANDLE, or NETEV_ERR_WOULD_DEADLOCK at once when
+ * called where it could stall: inside a callback on a netev I/O thread
+ * (with a timeout other than 0, or on a dispatcher-bound connection), or
  * inside a callback of the dispatcher it would have to run.
  */
 enum netev_status netev_connection_wait(netev_connection conn, double timeout_seconds);
@@ -659,13 +669,17 @@ enum netev_status netev_listener_error_at(netev_listener listener,
 enum netev_status netev_dispatcher_create(netev_dispatcher *out);
 
 /**
- * Runs the queued callbacks on the calling thread, waiting up to
- * `timeout_seconds` (< 0: no limit) for the first; stores how many
- * callbacks ran in `*ran` (which may be NULL). Another thread running the
- * same dispatcher makes this one wait its turn, so one object's callbacks
- * never overlap.
+ * Runs the callbacks queued when it starts on the calling thread, waiting
+ * up to `timeout_seconds` (< 0: no limit) for the first; stores how many
+ * callbacks ran in `*ran` (which may be NULL). Each queued object gets one
+ * callback per run, so a peer that keeps sending cannot hold the caller:
+ * what arrives meanwhile waits for the next run. Another thread running
+ * the same dispatcher makes this one wait its turn, so one object's
+ * callbacks never overlap.
  * Returns NETEV_ERR_INVALID_HANDLE, NETEV_ERR_INVALID_ARGUMENT (NaN),
- * NETEV_ERR_WOULD_DEADLOCK when called inside one of its own callbacks.
+ * NETEV_ERR_WOULD_DEADLOCK when called inside one of its own callbacks or
+ * on a netev I/O thread (a dispatcher's callbacks belong on the host's
+ * threads, and netev's must stay free for I/O).
  */
 enum netev_status netev_dispatcher_run(netev_dispatcher d, double timeout_seconds, size_t *ran);
 
@@ -680,11 +694,15 @@ enum netev_status netev_dispatcher_fd(netev_dispatcher d, int *fd);
 
 /**
  * Releases the dispatcher: the handle is invalid at once, every
- * connection bound to it is closed, and their last callbacks (CLOSE,
- * TERMINATE) run on the calling thread before this returns (at most 5 s;
- * inside one of its own callbacks, when that batch ends). Callbacks that
- * come later still run, on netev's I/O threads.
- * Returns NETEV_ERR_INVALID_HANDLE.
+ * connection and listener bound to it is closed, and their last callbacks
+ * (CLOSE, TERMINATE) run on the calling thread before this returns (at
+ * most 5 s). Callbacks that come later still run, on netev's I/O threads;
+ * each object still gets every remaining callback once, TERMINATE last,
+ * never two at a time.
+ * It never blocks where that could stall: inside one of the dispatcher's
+ * own callbacks, the remaining callbacks run on this thread right after
+ * the current one returns; on a netev I/O thread, they run on netev's
+ * threads. Returns NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_dispatcher_release(netev_dispatcher d);
 
@@ -706,10 +724,23 @@ enum netev_status netev_runtime_init(const struct netev_runtime_options *options
  * Ends every open object — each TERMINATE runs once — and stops netev's
  * threads, waiting at most `timeout_seconds` (< 0: no limit) for objects
  * to finish. Callbacks of dispatcher-bound objects still queued run on the
- * calling thread; connections a dispatcher-bound listener accepted but
- * never offered are closed without a callback. While it runs, opens
- * return NETEV_ERR_SHUTDOWN. Handles stay valid until released; a later
- * call starts afresh. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+ * calling thread, unless another thread is running that dispatcher (then
+ * they run there, and this waits for them); connections a dispatcher-bound
+ * listener accepted but never offered are closed without a callback.
+ * While it runs, opens return NETEV_ERR_SHUTDOWN; an open that returned
+ * NETEV_OK before is ended by it. A second call made meanwhile waits for
+ * the first (within its own timeout), then returns as it would alone.
+ *
+ * NETEV_OK means every TERMINATE callback has returned, every
+ * `user_data_free` has run, netev's threads are gone and nothing more will
+ * be delivered. NETEV_ERR_TIMEOUT means the deadline passed first: netev's
+ * threads are told to stop, but a callback still running on one of them
+ * finishes there, the last callbacks (CLOSE or ERROR, TERMINATE) of the
+ * objects it ends may still run on those threads, and callbacks queued
+ * on a dispatcher run when the host runs or releases it. Call it again
+ * (a later call waits for what is left) before freeing what those
+ * callbacks use. Handles stay valid until released; a later open starts a
+ * fresh runtime. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
  * NETEV_ERR_INVALID_ARGUMENT (NaN).
  */
 enum netev_status netev_runtime_shutdown(double timeout_seconds);
@@ -731,7 +762,14 @@ enum netev_status netev_log_close(void);
 /**
  * Hands every log line to `callback` with `user_data` (NULL removes it).
  * It may run on any thread, concurrently; the line is borrowed until it
- * returns.
+ * returns. It is a callback like the others: it never runs while netev
+ * holds a lock, and may call any netev function, on the object the line is
+ * about too (lines logged while netev holds a lock are handed over as soon
+ * as it holds none, in order, on the same thread).
+ * When this returns, calls of the callback it replaced that were running
+ * on other threads have returned, and the old callback is never called
+ * again: its `user_data` may be freed. Called from inside the log callback
+ * itself, it does not wait for calls running on other threads.
  */
 enum netev_status netev_log_set_callback(netev_log_callback callback, void *user_data);
 

@@ -71,7 +71,9 @@ pub struct netev_connection_options {
     /// false: when the peer ends, netev shuts our side too once queued bytes
     /// are out. true: the host keeps sending and ends with shutdown or close.
     pub allow_half_open: bool,
-    /// Seconds of idle before TCP keepalive probes; 0 = off.
+    /// Seconds of idle before TCP keepalive probes; 0 = off. Applied in
+    /// whole seconds, rounded up (at least 1); above 32767 (the most Linux
+    /// takes), open gives NETEV_ERR_INVALID_ARGUMENT.
     pub keepalive: f64,
     /// Seconds without traffic before ERROR(NETEV_ERR_TIMEOUT); 0 = none.
     pub idle_timeout: f64,
@@ -1074,6 +1076,10 @@ impl Connection {
         s: &mut TcpStream,
         io: &mut Io,
     ) -> Poll<End> {
+        #[cfg(test)]
+        if self.port == tests::PANIC_PORT.load(Ordering::Relaxed) {
+            panic!("a panic planted by a test");
+        }
         for _ in 0..ROUNDS_PER_POLL {
             let snap = match self.flush(s, cx.waker(), io.peer_ended) {
                 Ok(snap) => snap,
@@ -1380,6 +1386,45 @@ impl<F: Future<Output = ()>> Future for Task<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU16;
+
+    /// A connection to this port panics in its task (see `poll_serve`).
+    pub(super) static PANIC_PORT: AtomicU16 = AtomicU16::new(0);
+    static SEEN: std::sync::Mutex<Vec<(EventType, i32)>> = std::sync::Mutex::new(Vec::new());
+
+    unsafe extern "C" fn record(_: netev_connection, ev: *const netev_event, _: *mut c_void) {
+        // SAFETY: netev passes a live event for the duration of the call.
+        let ev = unsafe { &*ev };
+        SEEN.lock().unwrap().push((ev.r#type, ev.error as i32));
+    }
+
+    #[test]
+    fn a_panic_in_the_task_ends_the_connection_with_an_internal_error() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        PANIC_PORT.store(port, Ordering::Relaxed);
+        let mut o = netev_connection_options::default();
+        o.on_connection = Some(record);
+        o.on_error = Some(record);
+        o.on_shutdown = Some(record);
+        o.on_terminate = Some(record);
+        let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap()).unwrap();
+        let _peer = server.accept().unwrap();
+        c.wait(Some(Duration::from_secs(10))).unwrap();
+        let seen = SEEN.lock().unwrap().clone();
+        let types: Vec<_> = seen.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            types,
+            [
+                EventType::NETEV_EVENT_CONNECTION,
+                EventType::NETEV_EVENT_ERROR,
+                EventType::NETEV_EVENT_TERMINATE
+            ]
+        );
+        assert_eq!(seen[1].1, Status::NETEV_ERR_INTERNAL as i32);
+        assert_eq!(c.error_at(0).unwrap().code, Status::NETEV_ERR_INTERNAL);
+        c.release().unwrap();
+    }
 
     /// An idle connection's cost is mostly its task; keep the task small
     /// (it was 736 bytes with a select! over five futures).
