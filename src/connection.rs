@@ -1403,11 +1403,13 @@ mod tests {
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = server.local_addr().unwrap().port();
         PANIC_PORT.store(port, Ordering::Relaxed);
-        let mut o = netev_connection_options::default();
-        o.on_connection = Some(record);
-        o.on_error = Some(record);
-        o.on_shutdown = Some(record);
-        o.on_terminate = Some(record);
+        let o = netev_connection_options {
+            on_connection: Some(record),
+            on_error: Some(record),
+            on_shutdown: Some(record),
+            on_terminate: Some(record),
+            ..Default::default()
+        };
         let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap()).unwrap();
         let _peer = server.accept().unwrap();
         c.wait(Some(Duration::from_secs(10))).unwrap();
