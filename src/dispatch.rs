@@ -3,8 +3,10 @@
 //! Events of objects bound to a dispatcher are queued here instead of being
 //! delivered on netev's I/O threads. The queue's eventfd is readable while
 //! callbacks wait, so a host can put it in its own poll loop. Memory stays
-//! bounded because each connection's reader waits for read credit that only
-//! the running of its DATA callbacks gives back.
+//! bounded whatever the host does: a connection sits in the queue once (a
+//! `Mailbox`) however many of its events wait, and stops reading once its
+//! undelivered bytes reach their limit; each turn runs one callback, so a
+//! run or a wait can stop between callbacks.
 
 use crate::error::{Error, Result, Status};
 use crate::handle::{self, Object};
