@@ -341,8 +341,15 @@ static DEFAULT_CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
 
 impl Connection {
     /// Starts connecting to `address`:`port` in the background and returns
-    /// the connection, registered under its handle.
-    pub fn open(address: &str, port: u16, cfg: Config) -> Result<Arc<Connection>> {
+    /// the connection, registered under its handle. `publish` receives the
+    /// handle before anything can happen to the connection, so a host's
+    /// out-pointer is written before any callback can run.
+    pub fn open(
+        address: &str,
+        port: u16,
+        cfg: Config,
+        publish: impl FnOnce(netev_connection),
+    ) -> Result<Arc<Connection>> {
         if port == 0 {
             return Err(Error::invalid("port 0 is not a valid destination port"));
         }
@@ -354,6 +361,7 @@ impl Connection {
         let conn = Arc::new(Connection::new(id, address.to_owned(), port, 0, 1));
         log!("connection", id, "open {address} port {port}");
         conn.register();
+        publish(id);
         conn.start(&rt, cfg, None);
         Ok(conn)
     }
@@ -1410,7 +1418,8 @@ mod tests {
             on_terminate: Some(record),
             ..Default::default()
         };
-        let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap()).unwrap();
+        let c =
+            Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap(), |_| {}).unwrap();
         let _peer = server.accept().unwrap();
         c.wait(Some(Duration::from_secs(10))).unwrap();
         let seen = SEEN.lock().unwrap().clone();

@@ -201,8 +201,12 @@ pub extern "C" fn netev_connection_open(
         let address = text(address, "address")?;
         need(out, "out")?;
         let options = read_options(options, "options")?;
-        let conn = Connection::open(address, port, Config::from_options(&options)?)?;
-        put(out, "out", conn.id)
+        let cfg = Config::from_options(&options)?;
+        // Written before the connection can have an event (`out` was checked).
+        Connection::open(address, port, cfg, |id| {
+            let _ = put(out, "out", id);
+        })?;
+        Ok(())
     })
 }
 
@@ -468,8 +472,12 @@ pub extern "C" fn netev_listener_open(
             true => None,
             false => Some(text(options.bind_address, "bind_address")?),
         };
-        let l = Listener::open(port, ListenerConfig::from_options(&options, bind_address)?)?;
-        put(out, "out", l.id)
+        let cfg = ListenerConfig::from_options(&options, bind_address)?;
+        // Written before the listener can have an event (`out` was checked).
+        Listener::open(port, cfg, |id| {
+            let _ = put(out, "out", id);
+        })?;
+        Ok(())
     })
 }
 

@@ -227,7 +227,12 @@ fn bind_socket(
 impl Listener {
     /// Binds and listens now (so a port in use fails here), then accepts in
     /// the background. Port 0 picks a free port; see `port()`.
-    pub fn open(port: u16, cfg: ListenerConfig) -> Result<Arc<Listener>> {
+    /// `publish` receives the handle before the listener can have an event.
+    pub fn open(
+        port: u16,
+        cfg: ListenerConfig,
+        publish: impl FnOnce(netev_listener),
+    ) -> Result<Arc<Listener>> {
         let rt = runtime::opening()?;
         let std_listener = bind(port, &cfg)
             .map_err(|e| Error::io(&e, &format!("cannot listen on port {port}")))?;
@@ -260,6 +265,7 @@ impl Listener {
         handle::insert(l.id, Object::Listener(l.clone()));
         runtime::object_started();
         log!("listener", l.id, "listening on port {port}");
+        publish(l.id);
         let task = l.clone();
         let live = LiveTask::start();
         rt.spawn(async move {

@@ -333,24 +333,25 @@ fn shutdown_now(deadline: Option<Instant>) -> Result<()> {
             let _ = held.wait_timeout(&LIVE_CHANGED, wait);
         }
     }
+    if live() > 0 {
+        // Out of time. The runtime stays up, so the objects ended above
+        // still deliver their last callbacks on netev's threads, and a later
+        // call finds them finished and stops the threads for good.
+        SHUTTING_DOWN.store(false, Ordering::SeqCst);
+        return Err(timed_out());
+    }
     let rt = lock().take();
     if let Some(rt) = rt {
         crate::log::log!("runtime", 0, "shutdown");
-        // Tasks still alive past the deadline are dropped here; their guards
-        // deliver CLOSE and TERMINATE so no object misses its last event.
+        // Nothing of netev's runs any more: this only waits for the threads
+        // to exit (and for a name lookup still blocking one of them).
         let left = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1));
-        rt.shutdown_timeout(left);
-    }
-    for d in &dispatchers {
-        d.run_ready();
+        rt.shutdown_timeout(left.max(Duration::from_millis(100)));
     }
     crate::log::stop();
     SHUTTING_DOWN.store(false, Ordering::SeqCst);
-    if live() > 0 {
-        return Err(timed_out());
-    }
     Ok(())
 }
 

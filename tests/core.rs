@@ -106,7 +106,7 @@ fn echo_round_trip_has_the_documented_event_sequence() {
     let rec = Arc::new(Recorder::default());
     let (port, peer) = echo_peer();
     let cfg = Config::from_options(&options(&rec)).unwrap();
-    let c = Connection::open("127.0.0.1", port, cfg).unwrap();
+    let c = Connection::open("127.0.0.1", port, cfg, |_| {}).unwrap();
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     for chunk in payload.chunks(7_000) {
         c.send(chunk).unwrap();
@@ -147,6 +147,7 @@ fn refused_connect_is_error_then_terminate_and_listed() {
         "127.0.0.1",
         port,
         Config::from_options(&options(&rec)).unwrap(),
+        |_| {},
     )
     .unwrap();
     assert!(rec.terminated());
@@ -174,7 +175,7 @@ fn dispatcher_runs_every_callback_on_the_waiting_thread() {
     let (port, peer) = echo_peer();
     let mut o = options(&rec);
     o.dispatcher = d.id;
-    let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap()).unwrap();
+    let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap(), |_| {}).unwrap();
     c.send(b"ping").unwrap();
     // Nothing runs until this thread dispatches.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,7 +211,7 @@ fn a_full_queue_refuses_whole_sends_then_drains() {
     let rec = Arc::new(Recorder::default());
     let mut o = options(&rec);
     o.send_buffer_limit = 64 * 1024;
-    let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap()).unwrap();
+    let c = Connection::open("127.0.0.1", port, Config::from_options(&o).unwrap(), |_| {}).unwrap();
     let (mut peer, _) = l.accept().unwrap();
     assert!(rec.wait_for(|s| s.types.contains(&NETEV_EVENT_CONNECTION)));
     let chunk = vec![7u8; 16 * 1024];
@@ -261,13 +262,13 @@ fn bad_values_are_refused_before_anything_starts() {
         Some(Status::NETEV_ERR_INVALID_HANDLE)
     );
     assert_eq!(
-        Connection::open("127.0.0.1", 0, Config::default())
+        Connection::open("127.0.0.1", 0, Config::default(), |_| {})
             .err()
             .map(|e| e.code),
         Some(Status::NETEV_ERR_INVALID_ARGUMENT)
     );
     assert_eq!(
-        Connection::open("", 80, Config::default())
+        Connection::open("", 80, Config::default(), |_| {})
             .err()
             .map(|e| e.code),
         Some(Status::NETEV_ERR_INVALID_ARGUMENT)
