@@ -652,14 +652,14 @@ pub extern "C" fn netev_runtime_init(options: *const netev_runtime_options) -> n
 ///
 /// NETEV_OK means every TERMINATE callback has returned, every
 /// `user_data_free` has run, netev's threads are gone and nothing more will
-/// be delivered. NETEV_ERR_TIMEOUT means the deadline passed first: netev's
-/// threads are told to stop, but a callback still running on one of them
-/// finishes there, the last callbacks (CLOSE or ERROR, TERMINATE) of the
-/// objects it ends may still run on those threads, and callbacks queued
-/// on a dispatcher run when the host runs or releases it. Call it again
-/// (a later call waits for what is left) before freeing what those
-/// callbacks use. Handles stay valid until released; a later open starts a
-/// fresh runtime. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+/// be delivered. NETEV_ERR_TIMEOUT means the deadline passed first: every
+/// object has been told to end, but netev's threads stay up, so a callback
+/// still running finishes, and the last callbacks (CLOSE or ERROR,
+/// TERMINATE) of those objects still run, on netev's threads or, for
+/// dispatcher-bound ones, when the host runs or releases the dispatcher.
+/// Call it again (it waits for what is left, then stops the threads)
+/// before freeing what those callbacks use. Handles stay valid until
+/// released; after NETEV_OK, a later open starts a fresh runtime. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
 /// NETEV_ERR_INVALID_ARGUMENT (NaN).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_runtime_shutdown(timeout_seconds: f64) -> netev_status {
