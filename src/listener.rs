@@ -454,7 +454,11 @@ impl Listener {
                 );
                 log!("listener", self.id, "error {e}");
                 self.lock().errors.push(e.clone());
-                self.deliver(EventType::NETEV_EVENT_ERROR, Some(&e));
+                // On the thread delivering this listener's events already:
+                // queued instead, it could land after a TERMINATE posted
+                // meanwhile (the host may have ended the listener, or
+                // released its dispatcher, inside on_connection).
+                self.invoke(EventType::NETEV_EVENT_ERROR, Some(&e));
             }
         }
         self.cfg.on_connection.is_some()

@@ -179,6 +179,20 @@ c_tests!(
     fuzz_api,
     hygiene_sigpipe,
     hygiene_fork,
+    // promises under adversarial use: memory bounded whatever the pattern,
+    // callbacks (the log callback included) calling back in, misuse from
+    // netev's own threads, close/wait/shutdown keeping their word
+    mem_send_streaming,
+    mem_slow_reader,
+    mem_trickle_dispatcher,
+    log_callback_reentry,
+    dispatcher_release_in_callback,
+    accept_live_handle,
+    io_thread_rules,
+    close_after_reset,
+    wait_deadline_under_flood,
+    shutdown_waits_terminate,
+    shutdown_races,
 );
 
 /// dlopen → use → netev_runtime_shutdown → dlclose, five times: the
