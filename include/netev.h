@@ -443,7 +443,9 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  * then arrives as ERROR and TERMINATE and lands in the errors list.
  *
  * `options` may be NULL for the defaults; netev copies it. The caller owns
- * the handle and gives it back with `netev_connection_release`.
+ * the handle and gives it back with `netev_connection_release`. `*out` is
+ * written before any callback can run, but callbacks may run (on netev's
+ * threads) before this returns: have them use the handle they are given.
  *
  * Callbacks run on netev's I/O threads, or on the thread that runs the
  * dispatcher named in `options`.

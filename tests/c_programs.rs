@@ -193,6 +193,8 @@ c_tests!(
     wait_deadline_under_flood,
     shutdown_waits_terminate,
     shutdown_races,
+    // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
+    soak,
 );
 
 /// dlopen → use → netev_runtime_shutdown → dlclose, five times: the

@@ -5,13 +5,32 @@
  * close, wait, retain/release at random moments, property reads with NULL
  * outs, garbage, stale and wrong-kind handles, listeners opened and
  * terminated, dispatchers created, run and released — and from inside
- * callbacks: sends, shutdown, close, release, wait. The peers are a netev
- * echo listener and a BSD peer that echoes and sometimes resets.
+ * callbacks: sends, shutdown, close, release, wait, and the release of the
+ * connection's own dispatcher (API.md, "Precise rules": allowed; it must
+ * answer NETEV_OK, or NETEV_ERR_INVALID_HANDLE once already released). The
+ * peers are a netev echo listener and a BSD peer that echoes and sometimes
+ * resets.
+ * Also at random moments:
+ *  - a log callback is installed, replaced or removed. It parses
+ *    "<timestamp> connection <id> ..." lines and calls _closed,
+ *    _buffered_amount and _error_count on that connection, and sometimes
+ *    sends it a byte (any documented status). Once set_callback returned, a
+ *    replaced callback must not be running (calls on other threads have
+ *    returned) and must never be entered again.
+ *  - a flood episode: a connection bound to a dispatcher that nobody runs
+ *    while a BSD peer writes to it continuously and the fuzzer goes on with
+ *    other steps; then the dispatcher is serviced again until every byte
+ *    the peer had written by then arrived, byte-exact, and the episode ends
+ *    (the connection released, the dispatcher released from outside or from
+ *    inside the connection's callback, or both handed over to the fuzzer).
  * Invariants: no crash, no hang (watchdog), every status returned is one of
  * 0..15, each callback gets its own event type and connection, no two
  * callbacks of one connection at once, nothing after TERMINATE, and after
  * netev_runtime_shutdown exactly one TERMINATE and one user_data_free for
- * every connection opened successfully or accepted. */
+ * every connection opened successfully or accepted. And the process's RSS
+ * once everything is closed stays below its RSS after warm-up + 64 MiB (not
+ * asserted under ASan/valgrind, NETEV_TEST_TIME_FACTOR > 1, where the RSS
+ * says more about the tool). */
 #include "common_b.h"
 #include "common_listener.h"
 
@@ -19,8 +38,37 @@
 #include <math.h>
 #include <stdatomic.h>
 
-#define MAX_CONNS 4096
-#define MAX_HANDLES 8192
+/* ---- the pattern, fast: pattern_byte(i) repeats every 251 * 256 bytes, so
+ * one period plus the longest run serves any offset with a pointer ---------- */
+
+#define PAT_PERIOD ((size_t)251 * 256)
+#define PAT_RUN ((size_t)64 * 1024) /* longest run pat_at serves */
+#define PAT_MIB ((size_t)1024 * 1024)
+
+static unsigned char pat_table[PAT_PERIOD + PAT_RUN];
+
+static void pat_init(void) {
+  fill_pattern(pat_table, sizeof pat_table, 0);
+  for (size_t i = 0; i < PAT_RUN; i++) CHECK(pat_table[PAT_PERIOD + i] == pattern_byte(i));
+}
+
+/* The pattern bytes from stream offset `off` on; at most PAT_RUN of them. */
+static const unsigned char *pat_at(size_t off) { return pat_table + off % PAT_PERIOD; }
+
+/* Index of the first byte of b[0..n) off the pattern at stream offset `off`, or n. */
+static size_t pat_mismatch(const unsigned char *b, size_t n, size_t off) {
+  for (size_t done = 0; done < n;) {
+    size_t k = n - done < PAT_RUN ? n - done : PAT_RUN;
+    if (memcmp(b + done, pat_at(off + done), k) != 0)
+      for (size_t i = 0; i < k; i++)
+        if (b[done + i] != pattern_byte(off + done + i)) return done + i;
+    done += k;
+  }
+  return n;
+}
+
+#define MAX_CONNS 16384
+#define MAX_HANDLES 32768
 
 typedef struct cstate {
   atomic_int in_cb, overlaps, terminates, after_terminate, frees, bad_type, bad_conn, events;
@@ -28,6 +76,11 @@ typedef struct cstate {
   netev_connection conn; /* 0 until known (accepted: from the accept event) */
   uint64_t rng;          /* used only inside this connection's callbacks */
   int accepted;
+  netev_dispatcher disp; /* the dispatcher it is bound to; 0: netev's threads */
+  int flood;             /* the connection of a flood episode */
+  atomic_int release_disp; /* flood: release `disp` from inside the next callback */
+  atomic_size_t got;     /* flood: DATA bytes delivered */
+  atomic_size_t bad_at;  /* flood: first stream offset off the pattern, or SIZE_MAX */
 } cstate;
 
 static cstate *states[MAX_CONNS];
@@ -46,6 +99,7 @@ static uint64_t rng_next(uint64_t *s) {
 }
 
 static uint64_t rng;
+static uint64_t g_seed;
 static unsigned rnd(unsigned n) { return (unsigned)(rng_next(&rng) % n); }
 
 /* Every returned status must be a known one. */
@@ -75,11 +129,51 @@ static cstate *new_state(int accepted) {
   CHECK(s);
   s->rng = (uint64_t)i * 0x9e3779b97f4a7c15ull ^ rng;
   s->accepted = accepted;
+  atomic_store(&s->bad_at, SIZE_MAX);
   states[i] = s;
   return s;
 }
 
 static unsigned cb_rnd(cstate *s, unsigned n) { return (unsigned)(rng_next(&s->rng) % n); }
+
+/* ---- releasing a dispatcher from inside its own callbacks ----------------- */
+
+static atomic_int disp_release_ok, disp_release_invalid, disp_release_bad;
+static char disp_release_bad_what[300];
+
+/* Releases the dispatcher `s` is bound to, from inside one of its callbacks:
+ * NETEV_OK, or NETEV_ERR_INVALID_HANDLE when it was released already (only
+ * NETEV_OK when `live`: the caller knows nobody else released it). */
+static void release_own_dispatcher(cstate *s, const netev_event *e, int live) {
+  netev_status st = ST(netev_dispatcher_release(s->disp));
+  if (st == NETEV_OK) {
+    atomic_fetch_add(&disp_release_ok, 1);
+  } else if (st == NETEV_ERR_INVALID_HANDLE && !live) {
+    atomic_fetch_add(&disp_release_invalid, 1);
+  } else if (atomic_fetch_add(&disp_release_bad, 1) == 0) {
+    snprintf(disp_release_bad_what, sizeof disp_release_bad_what,
+             "netev_dispatcher_release(%" PRIu64 ") inside a %s callback of connection %" PRIu64
+             " bound to it returned %s%s",
+             (uint64_t)s->disp, netev_event_type_name((int32_t)e->type), (uint64_t)e->connection,
+             netev_status_name((int32_t)st), live ? " (the dispatcher was live)" : "");
+  }
+}
+
+/* The callback of a flood connection: checks every byte against the pattern
+ * and releases its dispatcher when asked to. */
+static void flood_conn_cb(cstate *s, netev_connection c, const netev_event *e) {
+  (void)c;
+  if (e->type == NETEV_EVENT_DATA && e->data_len > 0) {
+    size_t got = atomic_load(&s->got);
+    if (atomic_load(&s->bad_at) == SIZE_MAX) {
+      size_t i = e->data ? pat_mismatch(e->data, e->data_len, got) : 0;
+      if (i < e->data_len) atomic_store(&s->bad_at, got + i);
+    }
+    atomic_store(&s->got, got + e->data_len);
+  }
+  if (e->type == NETEV_EVENT_TERMINATE) atomic_fetch_add(&s->terminates, 1);
+  if (atomic_exchange(&s->release_disp, 0)) release_own_dispatcher(s, e, 1);
+}
 
 /* The one callback of every slot, connection side. */
 static void conn_cb(netev_connection c, const netev_event *e, void *ud) {
@@ -91,6 +185,16 @@ static void conn_cb(netev_connection c, const netev_event *e, void *ud) {
   if (e->connection != c || (s->conn && c != s->conn)) atomic_fetch_add(&s->bad_conn, 1);
   if (e->message == NULL) atomic_fetch_add(&s->bad_type, 1);
   if (e->type == NETEV_EVENT_ERROR) st_check(e->error, "event.error");
+  if (s->flood) {
+    flood_conn_cb(s, c, e);
+    atomic_store(&s->in_cb, 0);
+    return;
+  }
+  if (s->disp) {
+    /* release our own dispatcher from inside its callback, now and then */
+    unsigned odds = e->type == NETEV_EVENT_DATA || e->type == NETEV_EVENT_CONNECTION ? 10 : 30;
+    if (cb_rnd(s, odds) == 0) release_own_dispatcher(s, e, 0);
+  }
   if (e->type == NETEV_EVENT_TERMINATE) {
     atomic_fetch_add(&s->terminates, 1);
     /* calls on itself are still allowed here */
@@ -156,6 +260,7 @@ static bool accept_cb(netev_listener l, const netev_event *e, void *ud, netev_co
   cstate *s = new_state(1);
   if (!s) return false;
   s->conn = e->connection;
+  s->disp = o->dispatcher;
   set_callbacks(o, s);
   return true;
 }
@@ -309,6 +414,7 @@ static void op_open(uint16_t echo_port, uint16_t bsd_port, uint16_t dead_port) {
   }
   if (o.size < sizeof o) FAIL("open with options.size %u succeeded", (unsigned)o.size);
   s->conn = c;
+  s->disp = o.dispatcher;
   remember(c);
   conns[nconns].h = c;
   conns[nconns].s = s;
@@ -367,7 +473,10 @@ static void op_dispatcher(void) {
   case 2:
     if (ndisps) {
       size_t ran;
-      ST(netev_dispatcher_run(disps[rnd((unsigned)ndisps)], rnd(3) ? 0 : 0.005, rnd(2) ? &ran : NULL));
+      int i = (int)rnd((unsigned)ndisps);
+      netev_status st = ST(netev_dispatcher_run(disps[i], rnd(3) ? 0 : 0.005, rnd(2) ? &ran : NULL));
+      /* released from inside one of its callbacks: forget it (a stale handle now) */
+      if (st == NETEV_ERR_INVALID_HANDLE) disps[i] = disps[--ndisps];
     } else {
       ST(netev_dispatcher_run(any_handle(), 0, NULL));
     }
@@ -428,6 +537,328 @@ static void op_listener(void) {
   }
 }
 
+/* ---- the log callback ------------------------------------------------------ */
+
+/* One installation of the log callback: its user_data. Kept until the end,
+ * so that a call after removal is reported rather than a use after free. */
+typedef struct logctx {
+  atomic_int removed; /* set_callback replaced it and returned */
+  atomic_int active;  /* calls running now */
+  atomic_long calls;
+} logctx;
+
+#define MAX_LOGCTX 4096
+static logctx *logctxs[MAX_LOGCTX];
+static int nlogctx;
+static logctx *log_current; /* main thread only */
+static int log_installs, log_removals, log_replacements;
+static atomic_int log_after_removal;
+static char log_after_removal_what[400];
+static atomic_long log_lines, log_conn_lines, log_sends, log_sends_ok, log_nested;
+static atomic_ullong log_rng_ctr;
+/* Lines from this thread's own calls inside the callback come back into it:
+ * those only count (a send could log a line that sends again, forever). */
+static _Thread_local int log_depth;
+
+/* "<timestamp> connection <id> <what>": the id. */
+static int parse_connection_id(const char *line, netev_connection *id) {
+  const char *sp = strchr(line, ' ');
+  if (!sp || strncmp(sp + 1, "connection ", 11) != 0) return 0;
+  const char *p = sp + 12;
+  char *end = NULL;
+  unsigned long long v = strtoull(p, &end, 10);
+  if (end == p || (*end != ' ' && *end != 0)) return 0;
+  *id = (netev_connection)v;
+  return 1;
+}
+
+static void log_cb(const char *line, void *ud) {
+  logctx *x = ud;
+  atomic_fetch_add(&x->active, 1);
+  if (atomic_load(&x->removed) && atomic_fetch_add(&log_after_removal, 1) == 0)
+    snprintf(log_after_removal_what, sizeof log_after_removal_what,
+             "a log callback removed or replaced (set_callback returned) was entered again, for "
+             "\"%s\"",
+             line ? line : "(NULL)");
+  atomic_fetch_add(&x->calls, 1);
+  atomic_fetch_add(&log_lines, 1);
+  netev_connection id;
+  if (log_depth > 0) {
+    atomic_fetch_add(&log_nested, 1);
+  } else if (line && parse_connection_id(line, &id)) {
+    log_depth++;
+    atomic_fetch_add(&log_conn_lines, 1);
+    bool b;
+    size_t n;
+    ST(netev_connection_closed(id, &b));
+    ST(netev_connection_buffered_amount(id, &n));
+    ST(netev_connection_error_count(id, &n));
+    uint64_t r = atomic_fetch_add(&log_rng_ctr, 1) ^ g_seed;
+    if (rng_next(&r) % 12 == 0) {
+      atomic_fetch_add(&log_sends, 1);
+      if (ST(netev_connection_send(id, "L", 1)) == NETEV_OK) atomic_fetch_add(&log_sends_ok, 1);
+    }
+    log_depth--;
+  }
+  atomic_fetch_sub(&x->active, 1);
+}
+
+/* Installs `next` (NULL: removes the callback). Once set_callback returned,
+ * the one it replaced must have no call running, and is never entered again
+ * (log_cb checks its `removed`). */
+static void log_switch(logctx *next) {
+  logctx *old = log_current;
+  CHECK_OK(netev_log_set_callback(next ? log_cb : NULL, next));
+  log_current = next;
+  if (old) {
+    atomic_store(&old->removed, 1);
+    int a = atomic_load(&old->active);
+    if (a != 0)
+      FAIL("netev_log_set_callback returned while %d calls of the callback it replaced were still "
+           "running (seed %" PRIu64 ")",
+           a, g_seed);
+  }
+}
+
+static void op_log(void) {
+  if (!log_current || rnd(3) == 0) {
+    if (nlogctx >= MAX_LOGCTX) return;
+    logctx *x = calloc(1, sizeof *x);
+    CHECK(x);
+    logctxs[nlogctx++] = x;
+    if (log_current) log_replacements++;
+    log_installs++;
+    log_switch(x);
+  } else {
+    log_removals++;
+    log_switch(NULL);
+  }
+}
+
+/* ---- flood episodes: a dispatcher left unserviced while a peer floods it --- */
+
+typedef struct flood_ep {
+  int active;
+  pthread_t thread;
+  atomic_int stop;
+  atomic_size_t written; /* bytes the peer's send() took */
+  netev_dispatcher d;
+  int dfd;
+  netev_connection c;
+  cstate *s;
+  long start_step, min_steps;
+  double t0;
+  size_t last_written; /* flood_ripe: the peer's count when last seen */
+  double last_change;  /* and when it last changed */
+} flood_ep;
+
+static flood_ep fl;
+static int flood_lfd = -1;
+static uint16_t flood_port;
+static int nfloods, flood_mode_count[4];
+static size_t flood_max_written, flood_bytes;
+static double flood_unserviced_s;
+
+/* The peer: accepts one connection and writes the pattern to it as fast as
+ * the socket takes it until told to stop, discarding what it receives (the
+ * log callback's bytes). */
+static void *flood_main(void *arg) {
+  (void)arg;
+  int fd = -1;
+  while (!atomic_load(&fl.stop)) {
+    if (!fd_readable(flood_lfd, 20)) continue;
+    fd = accept4(flood_lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) break;
+  }
+  if (fd < 0) return NULL;
+  size_t off = 0;
+  int eof = 0;
+  unsigned char sink[4096];
+  while (!atomic_load(&fl.stop)) {
+    struct pollfd p = {fd, (short)(POLLOUT | (eof ? 0 : POLLIN)), 0};
+    int k = poll(&p, 1, 20);
+    if (k <= 0) continue;
+    if (p.revents & POLLIN) {
+      ssize_t r = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (r == 0) eof = 1;
+      if (r < 0 && errno != EAGAIN && errno != EINTR) break;
+    }
+    if (p.revents & (POLLERR | POLLHUP)) break;
+    if (p.revents & POLLOUT) {
+      ssize_t w = send(fd, pat_at(off), PAT_RUN, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w > 0) {
+        off += (size_t)w;
+        atomic_store(&fl.written, off);
+      } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+        break;
+      }
+    }
+  }
+  close(fd);
+  return NULL;
+}
+
+static void flood_start(long step) {
+  cstate *s = new_state(0);
+  if (!s) return;
+  memset(&fl, 0, sizeof fl);
+  fl.s = s;
+  CHECK_OK(netev_dispatcher_create(&fl.d));
+  CHECK_OK(netev_dispatcher_fd(fl.d, &fl.dfd));
+  atomic_store(&fl.stop, 0);
+  atomic_store(&fl.written, 0);
+  CHECK(pthread_create(&fl.thread, NULL, flood_main, NULL) == 0);
+  netev_connection_options o;
+  CHECK_OK(netev_connection_options_init(&o));
+  set_callbacks(&o, s);
+  o.dispatcher = fl.d;
+  o.allow_half_open = rnd(2);
+  o.connection_timeout = 10;
+  s->flood = 1;
+  s->disp = fl.d;
+  CHECK_OK(netev_connection_open("127.0.0.1", flood_port, &o, &fl.c));
+  s->conn = fl.c;
+  fl.start_step = step;
+  fl.min_steps = test_scale(100, 10) + (long)rnd((unsigned)test_scale(400, 40));
+  fl.t0 = fl.last_change = now_seconds();
+  fl.active = 1;
+  nfloods++;
+}
+
+/* Whether the dispatcher was left alone long enough: some steps went by, and
+ * the peer's writes stalled for a while (netev stopped reading at its
+ * receive limit and the kernel's buffers filled), or a second passed. */
+static int flood_ripe(long step) {
+  double now = now_seconds();
+  size_t w = atomic_load(&fl.written);
+  if (w != fl.last_written) {
+    fl.last_written = w;
+    fl.last_change = now;
+  }
+  if (step - fl.start_step < fl.min_steps) return 0;
+  /* the quiet time is not stretched under ASan/valgrind: a pause of the
+   * peer taken for a stall only ends an episode earlier */
+  return (w > 0 && now - fl.last_change >= 0.02) || now - fl.t0 >= 1.0 * test_time_factor();
+}
+
+static void flood_stop_peer(void) {
+  atomic_store(&fl.stop, 1);
+  pthread_join(fl.thread, NULL);
+}
+
+static int flood_terminated(void) { return atomic_load(&fl.s->terminates) > 0; }
+
+/* Runs the flood dispatcher until TERMINATE came (or just waits, once it is
+ * released); bounded. */
+static void flood_wait_terminated(const char *how, int run) {
+  double end = now_seconds() + 20 * test_time_factor();
+  while (!flood_terminated()) {
+    if (now_seconds() > end)
+      FAIL("flood episode %d (%s): no TERMINATE within 20 s; %zu bytes delivered (seed %" PRIu64 ")",
+           nfloods, how, atomic_load(&fl.s->got), g_seed);
+    if (run) {
+      netev_status st = ST(netev_dispatcher_run(fl.d, 0.01, NULL));
+      if (st != NETEV_OK)
+        FAIL("flood episode %d (%s): netev_dispatcher_run returned %s (seed %" PRIu64 ")", nfloods,
+             how, netev_status_name((int32_t)st), g_seed);
+    } else {
+      sleep_ms(2);
+    }
+  }
+}
+
+/* Services the dispatcher again until every byte the peer had written when
+ * it started arrived, checks them, and ends the episode one of four ways. */
+static void flood_finish(void) {
+  cstate *s = fl.s;
+  size_t w0 = atomic_load(&fl.written);
+  double t_unserviced = now_seconds() - fl.t0;
+  flood_unserviced_s += t_unserviced;
+  if (w0 > flood_max_written) flood_max_written = w0;
+  if (atomic_load(&s->events) != 0)
+    FAIL("flood episode %d: %d callbacks ran while nobody serviced the dispatcher (seed %" PRIu64 ")",
+         nfloods, atomic_load(&s->events), g_seed);
+  /* bytes were written: callbacks are queued (netev's I/O threads may be a
+   * little behind the peer, under valgrind: bounded wait) */
+  if (w0 > 0 && !fd_readable(fl.dfd, (int)(10000 * test_time_factor())))
+    FAIL("flood episode %d: the peer wrote %zu bytes but the dispatcher's fd is not readable "
+         "within 10 s (seed %" PRIu64 ")",
+         nfloods, w0, g_seed);
+  double end = now_seconds() + 60 * test_time_factor();
+  while (atomic_load(&s->got) < w0) {
+    if (flood_terminated() || now_seconds() > end)
+      FAIL("flood episode %d: serviced again, the dispatcher delivered %zu of the %zu bytes "
+           "written before (%s; seed %" PRIu64 ")",
+           nfloods, atomic_load(&s->got), w0, flood_terminated() ? "TERMINATE came" : "60 s passed",
+           g_seed);
+    netev_status st = ST(netev_dispatcher_run(fl.d, 0.01, NULL));
+    if (st != NETEV_OK)
+      FAIL("flood episode %d: netev_dispatcher_run returned %s (seed %" PRIu64 ")", nfloods,
+           netev_status_name((int32_t)st), g_seed);
+  }
+  if (atomic_load(&s->bad_at) != SIZE_MAX)
+    FAIL("flood episode %d: byte %zu of the stream is not the pattern (seed %" PRIu64 ")", nfloods,
+         atomic_load(&s->bad_at), g_seed);
+  flood_bytes += atomic_load(&s->got);
+
+  int mode = (int)rnd(4);
+  if (mode == 3 && (ndisps >= 8 || nconns >= MAX_CONNS - 64)) mode = 0;
+  flood_mode_count[mode]++;
+  switch (mode) {
+  case 0: /* release the connection, run the dispatcher to its TERMINATE, release it */
+    CHECK_OK(netev_connection_release(fl.c));
+    flood_wait_terminated("connection released", 1);
+    CHECK_OK(netev_dispatcher_release(fl.d));
+    flood_stop_peer();
+    break;
+  case 1: { /* release the dispatcher from outside: its last callbacks run here */
+    double t = now_seconds();
+    CHECK_OK(netev_dispatcher_release(fl.d));
+    if (now_seconds() - t > 5.5 * test_time_factor())
+      FAIL("flood episode %d: netev_dispatcher_release took %.1f s (seed %" PRIu64 ")", nfloods,
+           now_seconds() - t, g_seed);
+    flood_wait_terminated("dispatcher released", 0);
+    CHECK_OK(netev_connection_release(fl.c));
+    flood_stop_peer();
+    break;
+  }
+  case 2: { /* release the dispatcher from inside the connection's next callback */
+    atomic_store(&s->release_disp, 1);
+    double end2 = now_seconds() + 20 * test_time_factor();
+    while (atomic_load(&s->release_disp)) {
+      if (now_seconds() > end2)
+        FAIL("flood episode %d: no callback came to release the dispatcher (seed %" PRIu64 ")",
+             nfloods, g_seed);
+      netev_status st = ST(netev_dispatcher_run(fl.d, 0.01, NULL));
+      if (st != NETEV_OK)
+        FAIL("flood episode %d: netev_dispatcher_run returned %s before the release (seed %" PRIu64
+             ")",
+             nfloods, netev_status_name((int32_t)st), g_seed);
+    }
+    CHECK_STATUS(netev_dispatcher_run(fl.d, 0, NULL), NETEV_ERR_INVALID_HANDLE);
+    flood_wait_terminated("dispatcher released inside a callback", 0);
+    CHECK_OK(netev_connection_release(fl.c));
+    flood_stop_peer();
+    break;
+  }
+  default: /* hand both to the fuzzer; the peer goes away */
+    flood_stop_peer();
+    disps[ndisps++] = fl.d;
+    conns[nconns].h = fl.c;
+    conns[nconns].s = s;
+    conns[nconns].released = 0;
+    nconns++;
+    break;
+  }
+  if (atomic_load(&s->bad_at) != SIZE_MAX)
+    FAIL("flood episode %d: byte %zu of the stream is not the pattern (seed %" PRIu64 ")", nfloods,
+         atomic_load(&s->bad_at), g_seed);
+  /* stale (or handed over) handles for the other steps to poke at */
+  remember(fl.c);
+  remember(fl.d);
+  fl.active = 0;
+}
+
 static void op_misc(void) {
   char b[128];
   switch (rnd(5)) {
@@ -443,13 +874,15 @@ int main(void) {
   const char *seed_s = getenv("NETEV_FUZZ_SEED");
   const char *steps_s = getenv("NETEV_FUZZ_STEPS");
   uint64_t seed = seed_s && *seed_s ? strtoull(seed_s, NULL, 0) : UINT64_C(20261125);
-  long steps = steps_s && *steps_s ? strtol(steps_s, NULL, 0) : test_scale(5000, 500);
+  long steps = steps_s && *steps_s ? strtol(steps_s, NULL, 0) : test_scale(20000, 3000);
   printf("fuzz_api: NETEV_FUZZ_SEED=%" PRIu64 " NETEV_FUZZ_STEPS=%ld\n", seed, steps);
   fflush(stdout);
   fprintf(stderr, "fuzz_api: NETEV_FUZZ_SEED=%" PRIu64 " NETEV_FUZZ_STEPS=%ld\n", seed, steps);
   rng = seed;
+  g_seed = seed;
   watchdog((unsigned)(120 + steps / 50));
   raise_nofile();
+  pat_init();
 
   netev_listener_options lo;
   CHECK_OK(netev_listener_options_init(&lo));
@@ -465,10 +898,16 @@ int main(void) {
   bsd_lfd = listen_loopback(&bsd_port, 128);
   CHECK(pthread_create(&bsd_thread, NULL, bsd_main, NULL) == 0);
   uint16_t dead_port = refused_port_fuzz();
+  flood_lfd = listen_loopback(&flood_port, 4);
 
+  /* RSS after warm-up: the runtime's threads, the allocator's arenas and the
+   * peers are up by then. */
+  long warm_step = steps / 10, rss_warm = -1;
   double t0 = now_seconds();
   for (long i = 0; i < steps; i++) {
-    switch (rnd(16)) {
+    if (i == warm_step) rss_warm = rss_kib();
+    if (fl.active && flood_ripe(i)) flood_finish();
+    switch (rnd(18)) {
     case 0:
     case 1:
     case 2: op_open(echo_port, bsd_port, dead_port); break;
@@ -486,9 +925,20 @@ int main(void) {
       break;
     case 11: op_dispatcher(); break;
     case 12: op_listener(); break;
+    case 16:
+      if (rnd(3) == 0) op_log();
+      break;
+    case 17:
+      if (!fl.active && rnd(3) == 0) flood_start(i);
+      break;
     default: op_misc(); break;
     }
   }
+  if (fl.active) { /* the last episode: leave it alone its due time, then service it */
+    while (!flood_ripe(fl.start_step + fl.min_steps)) sleep_ms(5);
+    flood_finish();
+  }
+  if (rss_warm < 0) rss_warm = rss_kib();
   printf("%ld steps in %.2f s: %d connections opened, %d states\n", steps, now_seconds() - t0, nconns,
          atomic_load(&nstates));
 
@@ -498,11 +948,19 @@ int main(void) {
     if (!conns[i].released) ST(netev_connection_release(conns[i].h));
   for (int i = 0; i < ndisps; i++) ST(netev_dispatcher_release(disps[i]));
   CHECK_OK(netev_runtime_shutdown(30));
+  log_switch(NULL); /* the log callback, if installed, stayed through the shutdown */
   atomic_store(&bsd_stop, 1);
   pthread_join(bsd_thread, NULL);
   close(bsd_lfd);
+  close(flood_lfd);
 
   if (atomic_load(&bad_status)) FAIL("%d invalid statuses, first: %s", atomic_load(&bad_status), bad_status_what);
+  if (atomic_load(&disp_release_bad))
+    FAIL("%d dispatcher releases inside callbacks went wrong, first: %s (seed %" PRIu64 ")",
+         atomic_load(&disp_release_bad), disp_release_bad_what, seed);
+  if (atomic_load(&log_after_removal))
+    FAIL("%d log callback calls after removal, first: %s (seed %" PRIu64 ")",
+         atomic_load(&log_after_removal), log_after_removal_what, seed);
   CHECK(atomic_load(&listener_events_bad) == 0);
   int n = atomic_load(&nstates), opened = 0;
   for (int i = 0; i < n; i++) {
@@ -517,15 +975,48 @@ int main(void) {
     opened++;
     if (t != 1 || atomic_load(&s->frees) != 1)
       FAIL("%s connection %" PRIu64 " (state %d): %d TERMINATE, %d user_data_free (seed %" PRIu64 ")",
-           s->accepted ? "accepted" : "client", (uint64_t)s->conn, i, t, atomic_load(&s->frees), seed);
+           s->flood ? "flood" : s->accepted ? "accepted" : "client", (uint64_t)s->conn, i, t,
+           atomic_load(&s->frees), seed);
     if (atomic_load(&s->overlaps) || atomic_load(&s->after_terminate) || atomic_load(&s->bad_type) ||
         atomic_load(&s->bad_conn) || atomic_load(&s->free_before_terminate))
       FAIL("connection %" PRIu64 ": overlaps %d, after TERMINATE %d, bad type %d, bad conn %d, early free %d "
            "(seed %" PRIu64 ")",
            (uint64_t)s->conn, atomic_load(&s->overlaps), atomic_load(&s->after_terminate),
            atomic_load(&s->bad_type), atomic_load(&s->bad_conn), atomic_load(&s->free_before_terminate), seed);
+    if (s->flood && atomic_load(&s->bad_at) != SIZE_MAX)
+      FAIL("flood connection %" PRIu64 ": byte %zu of the stream is not the pattern (seed %" PRIu64 ")",
+           (uint64_t)s->conn, atomic_load(&s->bad_at), seed);
   }
   printf("checked %d connections (clients and accepted): one TERMINATE and one free each\n", opened);
+  printf("dispatchers released inside their own callbacks: %d (NETEV_OK), %d more found released "
+         "already\n",
+         atomic_load(&disp_release_ok), atomic_load(&disp_release_invalid));
+  printf("log callback: %d installs (%d replacing one), %d removals; %ld lines, %ld about a "
+         "connection, %ld nested, %ld sends from it (%ld taken)\n",
+         log_installs, log_replacements, log_removals, atomic_load(&log_lines),
+         atomic_load(&log_conn_lines), atomic_load(&log_nested), atomic_load(&log_sends),
+         atomic_load(&log_sends_ok));
+  printf("flood episodes: %d (ends: %d connection released, %d dispatcher released, %d dispatcher "
+         "released inside a callback, %d handed over), %.2f s unserviced in all, up to %zu bytes "
+         "written while unserviced, %zu bytes delivered and checked\n",
+         nfloods, flood_mode_count[0], flood_mode_count[1], flood_mode_count[2], flood_mode_count[3],
+         flood_unserviced_s, flood_max_written, flood_bytes);
+
+  /* Everything is closed and netev shut down: what is left must be small. */
+  long rss_end = rss_kib();
+  const long bound_kib = 64 * 1024;
+  int skip = test_time_factor() > 1.0 || env_flag("NETEV_TEST_VALGRIND");
+  fprintf(stderr,
+          "fuzz_api: RSS after warm-up (step %ld) %ld KiB, at the end %ld KiB (growth %ld KiB); bound "
+          "warm-up + %ld KiB%s\n",
+          warm_step, rss_warm, rss_end, rss_end - rss_warm, bound_kib,
+          skip ? " -- RSS bound not asserted under ASan/valgrind (NETEV_TEST_TIME_FACTOR > 1)" : "");
+  CHECK(rss_warm > 0 && rss_end > 0);
+  if (!skip && rss_end >= rss_warm + bound_kib)
+    FAIL("RSS at the end %ld KiB is not below the RSS after warm-up %ld KiB + %ld KiB (seed %" PRIu64 ")",
+         rss_end, rss_warm, bound_kib, seed);
+
   for (int i = 0; i < n; i++) free(states[i]);
+  for (int i = 0; i < nlogctx; i++) free(logctxs[i]);
   return 0;
 }
