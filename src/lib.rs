@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod ffi;
 pub mod handle;
+pub mod io_loop;
 pub mod listener;
 pub mod log;
 pub mod runtime;

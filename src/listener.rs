@@ -6,15 +6,15 @@ use crate::dispatch::{Dispatcher, Job};
 use crate::error::{Error, ErrorList, Result, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
 use crate::handle::{self, Object, netev_dispatcher, netev_listener};
+use crate::io_loop::{Cx, LoopHandle, Ready, Source};
 use crate::log::log;
-use crate::runtime::{self, LiveTask};
+use crate::runtime;
 use crate::sync::{Guard, Mutex, call_host};
 use std::ffi::{CString, c_char, c_void};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// Decides on one incoming connection. `event` (type CONNECTION) carries the
 /// peer's ip and port and, in `connection`, the new connection's handle,
@@ -98,6 +98,8 @@ const DEFAULT_BACKLOG: u32 = 1024;
 /// holds further connections.
 const PENDING_ACCEPTS: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(10);
+/// Accepts in one turn before the loop serves the others.
+const ACCEPTS_PER_TURN: usize = 64;
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The defaults for accepted connections, as the host gave them.
@@ -160,12 +162,23 @@ impl ListenerConfig {
 
 struct State {
     /// The listening socket; taken out (and so closed) by terminate. The
-    /// accept task polls it under the lock and never holds it across an
-    /// await, so dropping it here closes the fd at once.
+    /// loop accepts under the lock, so dropping it here closes the fd at
+    /// once (and takes it out of the loop's poll).
     socket: Option<TcpListener>,
+    /// TERMINATE is decided (queued or delivered).
+    ending: bool,
     terminated: bool,
     host_refs: u32,
     errors: ErrorList,
+    /// Dispatcher mode: accepted sockets waiting for the host's decision.
+    pending: usize,
+    /// After an accept error, no accepting before this.
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    /// A turn was requested and has not started yet.
+    requested: bool,
+    /// Its key on its loop.
+    key: usize,
 }
 
 pub struct Listener {
@@ -173,9 +186,8 @@ pub struct Listener {
     port: u16,
     cfg: ListenerConfig,
     state: Mutex<State>,
-    wake: Notify,
-    /// Dispatcher mode: accepted sockets waiting for the host's decision.
-    pending: Option<Arc<Semaphore>>,
+    lp: OnceLock<Arc<LoopHandle>>,
+    me: Weak<Listener>,
 }
 
 fn bind(port: u16, cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
@@ -234,44 +246,38 @@ impl Listener {
         publish: impl FnOnce(netev_listener),
     ) -> Result<Arc<Listener>> {
         let rt = runtime::opening()?;
-        let std_listener = bind(port, &cfg)
+        let socket = bind(port, &cfg)
             .map_err(|e| Error::io(&e, &format!("cannot listen on port {port}")))?;
-        let socket = {
-            let _enter = rt.enter();
-            TcpListener::from_std(std_listener)
-                .map_err(|e| Error::io(&e, "cannot register the listener"))?
-        };
         let port = socket.local_addr().map(|a| a.port()).unwrap_or(port);
         if let Some(d) = &cfg.dispatcher {
             d.bind();
         }
-        let pending = cfg
-            .dispatcher
-            .as_ref()
-            .map(|_| Arc::new(Semaphore::new(PENDING_ACCEPTS)));
-        let l = Arc::new(Listener {
+        let l = Arc::new_cyclic(|me| Listener {
             id: handle::next_id(),
             port,
             cfg,
             state: Mutex::new(State {
                 socket: Some(socket),
+                ending: false,
                 terminated: false,
                 host_refs: 1,
                 errors: ErrorList::default(),
+                pending: 0,
+                backoff_until: None,
+                backoff: BACKOFF_START,
+                requested: false,
+                key: 0,
             }),
-            wake: Notify::new(),
-            pending,
+            lp: OnceLock::new(),
+            me: me.clone(),
         });
         handle::insert(l.id, Object::Listener(l.clone()));
         runtime::object_started();
         log!("listener", l.id, "listening on port {port}");
         publish(l.id);
-        let task = l.clone();
-        let live = LiveTask::start();
-        rt.spawn(async move {
-            let _live = live;
-            task.accept_loop().await;
-        });
+        let lp = rt.next_loop();
+        let _ = l.lp.set(lp.clone());
+        lp.add(l.clone());
         Ok(l)
     }
 
@@ -290,10 +296,22 @@ impl Listener {
     /// Stops accepting and closes the socket now, so the port is free when
     /// this returns; connections already accepted go on. TERMINATE follows.
     pub fn terminate(&self) {
-        let socket = self.lock().socket.take();
-        if let Some(socket) = socket {
+        let mut st = self.lock();
+        if let Some(socket) = st.socket.take() {
             drop(socket);
-            self.wake.notify_one();
+            self.kick(st);
+        }
+    }
+
+    /// Asks the loop for a turn, once the lock is released.
+    fn kick(&self, mut st: Guard<'_, State>) {
+        if st.requested {
+            return;
+        }
+        st.requested = true;
+        drop(st);
+        if let (Some(lp), Some(me)) = (self.lp.get(), self.me.upgrade()) {
+            lp.request(me);
         }
     }
 
@@ -321,75 +339,26 @@ impl Listener {
         self.lock().errors.get(index).map(netev_error_info::from)
     }
 
-    async fn accept_loop(self: Arc<Self>) {
-        let mut backoff = BACKOFF_START;
-        loop {
-            if self.lock().socket.is_none() {
-                break;
-            }
-            let permit = match &self.pending {
-                None => None,
-                Some(p) => tokio::select! {
-                    biased;
-                    _ = self.wake.notified() => continue,
-                    permit = p.clone().acquire_owned() => permit.ok(),
-                },
-            };
-            let accepted = tokio::select! {
-                biased;
-                _ = self.wake.notified() => continue,
-                r = std::future::poll_fn(|cx| match &self.lock().socket {
-                    Some(s) => s.poll_accept(cx).map(Some),
-                    None => std::task::Poll::Ready(None),
-                }) => r,
-            };
-            let Some(accepted) = accepted else {
-                break;
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = BACKOFF_START;
-                    self.incoming(stream, peer, permit);
-                }
-                Err(e) if is_transient(&e) => {}
-                Err(e) => {
-                    let err = Error::io(&e, "accept");
-                    log!("listener", self.id, "error {err}");
-                    self.lock().errors.push(err.clone());
-                    self.deliver(EventType::NETEV_EVENT_ERROR, Some(&err));
-                    // Until descriptors free up the socket stays readable:
-                    // wait instead of spinning, and stay responsive to terminate.
-                    tokio::select! {
-                        biased;
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-        self.deliver(EventType::NETEV_EVENT_TERMINATE, None);
-    }
-
     /// Offers an accepted socket to the host (on the dispatcher when there
     /// is one) and starts the connection if accepted.
-    fn incoming(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
-        let l = self.clone();
-        let decide = move || {
-            let ran = l.decide(stream, peer);
-            drop(permit);
-            ran
-        };
+    fn incoming(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         match &self.cfg.dispatcher {
             None => {
-                decide();
+                self.decide(stream, peer);
             }
-            Some(d) => d.post(Job::Once(Box::new(decide))),
+            Some(d) => {
+                let l = self.clone();
+                d.post(Job::Once(Box::new(move || {
+                    let ran = l.decide(stream, peer);
+                    // Room for one more undecided accept.
+                    let mut st = l.lock();
+                    st.pending -= 1;
+                    if st.pending + 1 == PENDING_ACCEPTS {
+                        l.kick(st);
+                    }
+                    ran
+                })));
+            }
         }
     }
 
@@ -513,6 +482,91 @@ impl Listener {
             handle::remove(self.id);
         }
         runtime::object_ended();
+    }
+}
+
+impl Source for Listener {
+    fn start(self: Arc<Self>, cx: &mut Cx<'_>, key: usize) {
+        let mut st = self.lock();
+        st.key = key;
+        if let Some(s) = &st.socket
+            && let Err(e) = cx.register_readable(s.as_raw_fd(), key)
+        {
+            let e = Error::io(&e, "cannot register the listener");
+            st.errors.push(e.clone());
+            st.socket = None;
+            drop(st);
+            self.deliver(EventType::NETEV_EVENT_ERROR, Some(&e));
+        } else {
+            drop(st);
+        }
+        self.service(cx, Ready::default());
+    }
+
+    /// Accepts what is waiting (the socket is edge-triggered: until the
+    /// kernel has no more, or a limit says to stop and come back).
+    fn service(self: Arc<Self>, cx: &mut Cx<'_>, _ready: Ready) {
+        let mut st = self.lock();
+        st.requested = false;
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(socket) = &st.socket else {
+                if !st.ending {
+                    st.ending = true;
+                    cx.remove(st.key);
+                    drop(st);
+                    self.deliver(EventType::NETEV_EVENT_TERMINATE, None);
+                }
+                return;
+            };
+            if st.backoff_until.is_some_and(|t| Instant::now() < t) {
+                return;
+            }
+            if self.cfg.dispatcher.is_some() && st.pending >= PENDING_ACCEPTS {
+                // The kernel's backlog holds the rest until the host decides.
+                return;
+            }
+            match socket.accept() {
+                Ok((stream, peer)) => {
+                    st.backoff = BACKOFF_START;
+                    if self.cfg.dispatcher.is_some() {
+                        st.pending += 1;
+                    }
+                    drop(st);
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.incoming(stream, peer);
+                    }
+                    st = self.lock();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    let err = Error::io(&e, "accept");
+                    log!("listener", self.id, "error {err}");
+                    st.errors.push(err.clone());
+                    // Until descriptors free up the socket stays readable:
+                    // come back after a pause instead of spinning.
+                    let at = Instant::now() + st.backoff;
+                    st.backoff_until = Some(at);
+                    st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                    drop(st);
+                    self.deliver(EventType::NETEV_EVENT_ERROR, Some(&err));
+                    cx.set_timer(at, self.clone());
+                    return;
+                }
+            }
+        }
+        drop(st);
+        cx.again(self);
+    }
+
+    fn timer(self: Arc<Self>, cx: &mut Cx<'_>) {
+        self.service(cx, Ready::default());
+    }
+
+    fn panicked(self: Arc<Self>, cx: &mut Cx<'_>) {
+        let socket = self.lock().socket.take();
+        drop(socket);
+        self.service(cx, Ready::default());
     }
 }
 

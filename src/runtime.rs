@@ -1,14 +1,16 @@
-//! The global tokio runtime: started lazily, shut down on request, and
-//! never dropped from one of its own threads.
+//! netev's threads: the I/O loops (`io_loop`) and tokio's blocking pool for
+//! name lookups. Started lazily, shut down on request, never stopped from
+//! one of their own threads.
 
 use crate::error::{Error, Result, Status};
 use crate::handle::{self, Object};
+use crate::io_loop::{Loop, LoopHandle};
 use crate::sync::{Guard, Held, Mutex};
 use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Once};
 use std::time::{Duration, Instant};
-use tokio::runtime::{Handle, Runtime};
 
 /// Runtime settings a host may give before first use.
 #[allow(non_camel_case_types)]
@@ -28,6 +30,22 @@ impl Default for netev_runtime_options {
             worker_threads: 0,
         }
     }
+}
+
+/// What runs while netev runs.
+struct Runtime {
+    loops: Vec<Loop>,
+    shared: Arc<Shared>,
+    /// A tokio runtime given no tasks: only its blocking pool is used, for
+    /// getaddrinfo, which has no non-blocking form.
+    blocking: tokio::runtime::Runtime,
+}
+
+/// What opens and lookups need of the runtime.
+pub struct Shared {
+    loops: Vec<Arc<LoopHandle>>,
+    next: AtomicUsize,
+    blocking: tokio::runtime::Handle,
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
@@ -75,17 +93,40 @@ fn build() -> Result<Runtime> {
             libc::pthread_atfork(None, None, Some(after_fork_in_child));
         }
     });
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    let workers = WORKERS.load(Ordering::Relaxed);
-    if workers > 0 {
-        b.worker_threads(workers as usize);
-    }
-    b.thread_name("netev-io")
-        .enable_io()
-        .enable_time()
-        .on_thread_start(|| ON_RUNTIME.with(|c| c.set(true)))
+    let workers = match WORKERS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
+    // Multi-thread with one (idle) worker: building a current-thread one
+    // would store a thread handle in the host thread's TLS, which leak
+    // checkers report once netev is shut down.
+    let blocking = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("netev-dns")
         .build()
-        .map_err(|e| Error::io(&e, "cannot start the runtime"))
+        .map_err(|e| Error::io(&e, "cannot start the runtime"))?;
+    let mut loops = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match Loop::spawn("netev-io", || ON_RUNTIME.with(|c| c.set(true))) {
+            Ok(l) => loops.push(l),
+            Err(e) => {
+                for l in loops {
+                    l.stop();
+                }
+                return Err(Error::io(&e, "cannot start netev's I/O threads"));
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        loops: loops.iter().map(|l| l.handle.clone()).collect(),
+        next: AtomicUsize::new(0),
+        blocking: blocking.handle().clone(),
+    });
+    Ok(Runtime {
+        loops,
+        shared,
+        blocking,
+    })
 }
 
 fn started_log() {
@@ -102,14 +143,16 @@ static OPENING: AtomicUsize = AtomicUsize::new(0);
 /// held lock (no host call meanwhile, log lines deferred), so a shutdown
 /// waiting for it never waits for the host.
 pub struct Opening {
-    handle: Handle,
+    shared: Arc<Shared>,
     _held: Held,
 }
 
-impl std::ops::Deref for Opening {
-    type Target = Handle;
-    fn deref(&self) -> &Handle {
-        &self.handle
+impl Opening {
+    /// The loop the next object goes to: each in turn.
+    pub fn next_loop(&self) -> Arc<LoopHandle> {
+        let s = &self.shared;
+        let i = s.next.fetch_add(1, Ordering::Relaxed) % s.loops.len();
+        s.loops[i].clone()
     }
 }
 
@@ -135,22 +178,37 @@ pub fn opening() -> Result<Opening> {
         ));
     }
     let mut rt = lock();
-    let handle = match rt.as_ref() {
-        Some(rt) => rt.handle().clone(),
+    let shared = match rt.as_ref() {
+        Some(rt) => rt.shared.clone(),
         None => {
             let started = build()?;
-            let h = started.handle().clone();
+            let shared = started.shared.clone();
             *rt = Some(started);
             drop(rt);
             started_log();
-            h
+            shared
         }
     };
     std::mem::forget(counted);
     Ok(Opening {
-        handle,
+        shared,
         _held: held,
     })
+}
+
+/// Runs `f` on the blocking pool (a name lookup).
+pub fn spawn_blocking(f: impl FnOnce() + Send + 'static) -> Result<()> {
+    let handle = lock().as_ref().map(|rt| rt.shared.blocking.clone());
+    match handle {
+        Some(h) => {
+            drop(h.spawn_blocking(f));
+            Ok(())
+        }
+        None => Err(Error::new(
+            Status::NETEV_ERR_SHUTDOWN,
+            "netev's runtime is not running",
+        )),
+    }
 }
 
 struct OpeningCount;
@@ -183,9 +241,9 @@ pub fn init(options: &netev_runtime_options) -> Result<()> {
     Ok(())
 }
 
-/// Counts tasks still running and objects whose TERMINATE callback has not
-/// returned yet, so shutdown can wait for their last events instead of
-/// cutting them off, and return only once nothing more will be delivered.
+/// Counts objects whose TERMINATE callback has not returned yet, so
+/// shutdown can wait for their last events instead of cutting them off,
+/// and return only once nothing more will be delivered.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// Taken only to sleep on, and to signal, the last one's end during
 /// shutdown: a start and an end otherwise cost one atomic each.
@@ -199,29 +257,9 @@ pub fn object_started() {
 
 /// Its TERMINATE callback returned.
 pub fn object_ended() {
-    live_ended();
-}
-
-fn live_ended() {
     if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 && shutting_down() {
         let _held = LIVE_LOCK.lock();
         LIVE_CHANGED.notify_all();
-    }
-}
-
-/// Held by each running task; dropping it marks the task finished.
-pub struct LiveTask(());
-
-impl LiveTask {
-    pub fn start() -> LiveTask {
-        LIVE.fetch_add(1, Ordering::AcqRel);
-        LiveTask(())
-    }
-}
-
-impl Drop for LiveTask {
-    fn drop(&mut self) {
-        live_ended();
     }
 }
 
@@ -345,10 +383,14 @@ fn shutdown_now(deadline: Option<Instant>) -> Result<()> {
         crate::log::log!("runtime", 0, "shutdown");
         // Nothing of netev's runs any more: this only waits for the threads
         // to exit (and for a name lookup still blocking one of them).
+        for l in rt.loops {
+            l.stop();
+        }
         let left = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1));
-        rt.shutdown_timeout(left.max(Duration::from_millis(100)));
+        rt.blocking
+            .shutdown_timeout(left.max(Duration::from_millis(100)));
     }
     crate::log::stop();
     SHUTTING_DOWN.store(false, Ordering::SeqCst);

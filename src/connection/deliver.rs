@@ -1,0 +1,221 @@
+//! Delivery: how an event reaches the host, at once on the loop's thread
+//! or through the connection's outbox to its dispatcher's thread, and how
+//! the connection ends (CLOSE or ERROR, then TERMINATE, exactly once).
+
+use super::{After, CURRENT, Connection, End, UNDELIVERED_LIMIT};
+use crate::dispatch::{Delivery, Job, Mailbox};
+use crate::error::Error;
+use crate::event::{EventType, netev_event};
+use crate::log::log;
+use crate::runtime;
+use crate::sync::call_host;
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::sync::Arc;
+
+/// Dispatcher mode: the connection's events waiting for the host's thread.
+/// Received bytes join the DATA waiting last, so a trickling peer costs one
+/// growing buffer, not one entry per read; the dispatcher holds the
+/// connection once in its queue however many events wait here.
+#[derive(Default)]
+pub(super) struct Outbox {
+    events: VecDeque<Pending>,
+    /// Received bytes waiting, or being delivered: reading stops at the limit.
+    undelivered: usize,
+    /// The connection is in its dispatcher's queue, or being delivered from.
+    scheduled: bool,
+}
+
+enum Pending {
+    Data(Vec<u8>),
+    Event(EventType, Option<Error>, After),
+}
+
+impl Connection {
+    /// Delivers one event: at once on this thread, or through the outbox to
+    /// the dispatcher's thread. `data` is copied only when it must outlive
+    /// this call.
+    pub(super) fn deliver(
+        self: &Arc<Self>,
+        ty: EventType,
+        data: &[u8],
+        error: Option<&Error>,
+        after: After,
+    ) {
+        let cfg = self.cfg();
+        if cfg.callback(ty).is_none() && matches!(after, After::Nothing) {
+            return;
+        }
+        let Some(d) = &cfg.dispatcher else {
+            self.invoke(ty, data, error, after);
+            return;
+        };
+        let mut out = self.outbox.lock();
+        match ty {
+            EventType::NETEV_EVENT_DATA => {
+                out.undelivered += data.len();
+                match out.events.back_mut() {
+                    Some(Pending::Data(waiting)) => waiting.extend_from_slice(data),
+                    _ => out.events.push_back(Pending::Data(data.to_vec())),
+                }
+            }
+            // One DRAIN waiting says all a later one would.
+            EventType::NETEV_EVENT_DRAIN
+                if out.events.iter().any(
+                    |p| matches!(p, Pending::Event(t, ..) if *t == EventType::NETEV_EVENT_DRAIN),
+                ) => {}
+            _ => out
+                .events
+                .push_back(Pending::Event(ty, error.cloned(), after)),
+        }
+        let post = !out.scheduled;
+        out.scheduled = true;
+        drop(out);
+        if post {
+            d.post(Job::Mailbox(self.clone()));
+        }
+    }
+
+    /// Whether a dispatcher-bound connection may read more now.
+    pub(super) fn receive_room(&self) -> bool {
+        self.cfg().dispatcher.is_none() || self.outbox.lock().undelivered < UNDELIVERED_LIMIT
+    }
+
+    /// Calls the host's callback for `ty`, then the after-action. Returns
+    /// whether a host callback ran.
+    fn invoke(&self, ty: EventType, data: &[u8], error: Option<&Error>, after: After) -> bool {
+        if matches!(after, After::Terminated) {
+            self.lock().terminating = true;
+        }
+        let cfg = self.cfg();
+        let cb = cfg.callback(ty);
+        if let Some(cb) = cb {
+            let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);
+            let message;
+            if let Some(e) = error {
+                message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
+                ev = ev.with_error(e, &message);
+            }
+            let outer = CURRENT.replace(self);
+            call_host(|| {
+                // SAFETY: the host registered `cb` for this event type; `ev`
+                // and what it points to live until the call returns.
+                unsafe { cb(self.id, &ev, cfg.user_data.0) }
+            });
+            CURRENT.set(outer);
+        }
+        match after {
+            After::Nothing => {}
+            After::AutoShutdown => {
+                if !cfg.allow_half_open {
+                    let mut st = self.lock();
+                    if !st.write_shut_requested {
+                        st.write_shut_requested = true;
+                        log!("connection", self.id, "shutdown after peer end");
+                    }
+                    self.kick(st);
+                }
+            }
+            After::Terminated => self.terminated(),
+        }
+        cb.is_some()
+    }
+
+    fn terminated(&self) {
+        let mut st = self.lock();
+        st.terminated = true;
+        let unowned = st.host_refs == 0;
+        self.wake_waiters(st);
+        log!("connection", self.id, "terminated");
+        let cfg = self.cfg();
+        if let Some(free) = cfg.user_data_free {
+            call_host(|| {
+                // SAFETY: the host gave this function to free its own
+                // pointer; TERMINATE is the last use, so it runs once, here.
+                unsafe { free(cfg.user_data.0) }
+            });
+        }
+        if let Some(d) = &cfg.dispatcher {
+            d.unbind();
+        }
+        if unowned {
+            self.unregister();
+        }
+        runtime::object_ended();
+    }
+
+    /// Ends the connection, once: CLOSE or ERROR, then TERMINATE. A host that
+    /// asked to close gets CLOSE whatever failed meanwhile.
+    pub(super) fn finish(self: &Arc<Self>, end: End) {
+        let end = {
+            let mut st = self.lock();
+            if st.finished {
+                return;
+            }
+            st.finished = true;
+            st.closed = true;
+            st.out.clear();
+            let end = match end {
+                End::Error(_) if st.close_requested => End::Close,
+                end => end,
+            };
+            if let End::Error(e) = &end {
+                st.errors.push(e.clone());
+            }
+            end
+        };
+        match &end {
+            End::Close => {
+                log!("connection", self.id, "closed");
+                self.deliver(EventType::NETEV_EVENT_CLOSE, &[], None, After::Nothing);
+            }
+            End::Error(e) => {
+                log!("connection", self.id, "error {e}");
+                self.deliver(EventType::NETEV_EVENT_ERROR, &[], Some(e), After::Nothing);
+            }
+        }
+        self.deliver(
+            EventType::NETEV_EVENT_TERMINATE,
+            &[],
+            None,
+            After::Terminated,
+        );
+    }
+}
+
+impl Mailbox for Connection {
+    fn deliver_next(&self) -> Delivery {
+        let next = {
+            let mut out = self.outbox.lock();
+            match out.events.pop_front() {
+                Some(p) => p,
+                None => {
+                    out.scheduled = false;
+                    return Delivery {
+                        ran: false,
+                        more: false,
+                    };
+                }
+            }
+        };
+        let ran = match next {
+            Pending::Data(bytes) => {
+                let ran = self.invoke(EventType::NETEV_EVENT_DATA, &bytes, None, After::Nothing);
+                let mut out = self.outbox.lock();
+                let was_full = out.undelivered >= UNDELIVERED_LIMIT;
+                out.undelivered -= bytes.len();
+                if was_full && out.undelivered < UNDELIVERED_LIMIT {
+                    drop(out);
+                    // The loop stopped reading for lack of room: resume.
+                    self.kick(self.lock());
+                }
+                ran
+            }
+            Pending::Event(ty, error, after) => self.invoke(ty, &[], error.as_ref(), after),
+        };
+        let mut out = self.outbox.lock();
+        let more = !out.events.is_empty();
+        out.scheduled = more;
+        Delivery { ran, more }
+    }
+}

@@ -1,0 +1,569 @@
+//! The connection's I/O, run by its loop (`io_loop`): name lookup and
+//! connect, then reading, writing and the end, on the loop's thread only.
+//!
+//! What the loop needs between turns lives in `Drive`, inside the state's
+//! mutex, so host threads can publish changes (a send queued, a close) and
+//! ask for a turn with one request; the socket is read without the lock
+//! (only this thread closes it) and written under it, as host threads do.
+
+use super::{After, Connection, End, READ_BUF, State};
+use crate::error::{Error, Result, Status};
+use crate::event::{EventType, Remote};
+use crate::io_loop::{Cx, Ready, Source};
+use crate::log::log;
+use crate::runtime;
+use crate::send_queue;
+use crate::sync::Guard;
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest read.
+pub(super) const READ_CHUNK: usize = 64 << 10;
+/// Full reads in a row before the connection lets the others have a turn.
+const READS_PER_TURN: usize = 4;
+
+/// Where the connection is in its life, as its loop sees it.
+#[derive(Default)]
+pub(super) enum Phase {
+    /// Not on a loop yet.
+    #[default]
+    Idle,
+    /// Waiting for the name lookup on the blocking pool.
+    Resolving,
+    /// A non-blocking connect to `addrs[next - 1]` is under way.
+    Connecting {
+        addrs: Vec<SocketAddr>,
+        next: usize,
+    },
+    Established,
+    /// Removed from the loop; CLOSE or ERROR is decided.
+    Done,
+}
+
+/// The loop's part of the state.
+#[derive(Default)]
+pub(super) struct Drive {
+    pub(super) phase: Phase,
+    /// The socket: connecting, or established (then `connected`).
+    pub(super) socket: Option<mio::net::TcpStream>,
+    /// Host threads may write to the socket directly.
+    pub(super) connected: bool,
+    key: usize,
+    /// A turn was requested and has not started yet.
+    pub(super) requested: bool,
+    /// The name lookup's result, waiting for the loop.
+    resolved: Option<io::Result<Vec<SocketAddr>>>,
+    last_error: Option<Error>,
+    connect_deadline: Option<Instant>,
+    pub(super) peer_ended: bool,
+    last_read: Option<Instant>,
+}
+
+impl Drive {
+    /// The fd host threads may write to now.
+    pub(super) fn writable_fd(&self) -> Option<RawFd> {
+        match (&self.socket, self.connected) {
+            (Some(s), true) => Some(s.as_raw_fd()),
+            _ => None,
+        }
+    }
+}
+
+impl Source for Connection {
+    fn start(self: Arc<Self>, cx: &mut Cx<'_>, key: usize) {
+        let mut st = self.lock();
+        st.drive.key = key;
+        if let Some(socket) = st.drive.socket.take() {
+            // Accepted: already connected.
+            drop(st);
+            return self.established(cx, socket);
+        }
+        st.drive.connect_deadline = Some(Instant::now() + self.cfg().connection_timeout);
+        if let Some(at) = st.drive.connect_deadline {
+            cx.set_timer(at, self.clone());
+        }
+        if let Ok(ip) = self.address().parse::<IpAddr>() {
+            st.drive.phase = Phase::Connecting {
+                addrs: vec![SocketAddr::new(ip, self.port())],
+                next: 0,
+            };
+            drop(st);
+            return self.connect_next(cx);
+        }
+        st.drive.phase = Phase::Resolving;
+        drop(st);
+        let me = self.clone();
+        let spawned = runtime::spawn_blocking(move || {
+            let found = (me.address(), me.port())
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>());
+            let mut st = me.lock();
+            st.drive.resolved = Some(found);
+            me.kick(st);
+        });
+        if let Err(e) = spawned {
+            self.end(cx, End::Error(e));
+        }
+    }
+
+    fn service(self: Arc<Self>, cx: &mut Cx<'_>, ready: Ready) {
+        let mut st = self.lock();
+        st.drive.requested = false;
+        if st.close_requested && !matches!(st.drive.phase, Phase::Established | Phase::Done) {
+            drop(st);
+            return self.end(cx, End::Close);
+        }
+        match st.drive.phase {
+            Phase::Idle | Phase::Done => {}
+            Phase::Resolving => {
+                let Some(found) = st.drive.resolved.take() else {
+                    return;
+                };
+                match found {
+                    Ok(addrs) => {
+                        st.drive.phase = Phase::Connecting { addrs, next: 0 };
+                        drop(st);
+                        self.connect_next(cx);
+                    }
+                    Err(e) => {
+                        drop(st);
+                        let e = Error::new(
+                            Status::NETEV_ERR_HOST_NOT_FOUND,
+                            format!("cannot resolve {}: {e}", self.address()),
+                        )
+                        .component("dns");
+                        self.end(cx, End::Error(e));
+                    }
+                }
+            }
+            Phase::Connecting { .. } => {
+                if !(ready.writable || ready.error) {
+                    return;
+                }
+                let Some(socket) = st.drive.socket.as_ref() else {
+                    return;
+                };
+                let failed = match socket.take_error() {
+                    Ok(Some(e)) | Err(e) => Some(e),
+                    Ok(None) => match socket.peer_addr() {
+                        Ok(_) => None,
+                        // Not connected yet: a spurious wake-up.
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                        Err(e) => Some(e),
+                    },
+                };
+                match failed {
+                    None => {
+                        let socket = st.drive.socket.take();
+                        drop(st);
+                        if let Some(socket) = socket {
+                            self.established(cx, socket);
+                        }
+                    }
+                    Some(e) => {
+                        let addr = socket.peer_addr().ok();
+                        let what = match addr {
+                            Some(a) => format!("connect to {a}"),
+                            None => "connect".to_owned(),
+                        };
+                        st.drive.last_error = Some(Error::io(&e, &what));
+                        if let Some(s) = st.drive.socket.take() {
+                            cx.deregister(s.as_raw_fd());
+                        }
+                        drop(st);
+                        self.connect_next(cx);
+                    }
+                }
+            }
+            Phase::Established => {
+                drop(st);
+                self.serve(cx, ready);
+            }
+        }
+    }
+
+    fn panicked(self: Arc<Self>, cx: &mut Cx<'_>) {
+        let e = Error::new(
+            Status::NETEV_ERR_INTERNAL,
+            "a panic inside netev ended this connection; please report it",
+        );
+        self.end(cx, End::Error(e));
+    }
+
+    fn timer(self: Arc<Self>, cx: &mut Cx<'_>) {
+        let st = self.lock();
+        let now = Instant::now();
+        match st.drive.phase {
+            Phase::Resolving | Phase::Connecting { .. } => {
+                if st.drive.connect_deadline.is_some_and(|d| now >= d) {
+                    drop(st);
+                    let limit = self.cfg().connection_timeout;
+                    let e = Error::new(
+                        Status::NETEV_ERR_TIMEOUT,
+                        format!(
+                            "connecting to {} port {} took longer than {:.3} s",
+                            self.address(),
+                            self.port(),
+                            limit.as_secs_f64()
+                        ),
+                    );
+                    self.end(cx, End::Error(e));
+                }
+            }
+            Phase::Established => {
+                let Some(limit) = self.cfg().idle_timeout else {
+                    return;
+                };
+                let last = match (st.drive.last_read, st.last_write) {
+                    (Some(r), Some(w)) => r.max(w),
+                    (r, w) => r.or(w).unwrap_or(now),
+                };
+                drop(st);
+                if now.duration_since(last) >= limit {
+                    let e = Error::new(
+                        Status::NETEV_ERR_TIMEOUT,
+                        format!("no traffic for {:.3} s", limit.as_secs_f64()),
+                    );
+                    self.end(cx, End::Error(e));
+                } else {
+                    cx.set_timer(last + limit, self.clone());
+                }
+            }
+            Phase::Idle | Phase::Done => {}
+        }
+    }
+}
+
+impl Connection {
+    /// Starts a connect to the next address, or fails with the last error.
+    fn connect_next(self: Arc<Self>, cx: &mut Cx<'_>) {
+        loop {
+            let mut st = self.lock();
+            let Phase::Connecting { addrs, next } = &mut st.drive.phase else {
+                return;
+            };
+            let Some(addr) = addrs.get(*next).copied() else {
+                let e = st.drive.last_error.take().unwrap_or_else(|| {
+                    Error::new(
+                        Status::NETEV_ERR_HOST_NOT_FOUND,
+                        format!("{} has no address", self.address()),
+                    )
+                    .component("dns")
+                });
+                drop(st);
+                return self.end(cx, End::Error(e));
+            };
+            *next += 1;
+            match mio::net::TcpStream::connect(addr) {
+                Ok(s) => match cx.register(s.as_raw_fd(), st.drive.key) {
+                    Ok(()) => {
+                        st.drive.socket = Some(s);
+                        return;
+                    }
+                    Err(e) => st.drive.last_error = Some(Error::io(&e, "register the socket")),
+                },
+                Err(e) => st.drive.last_error = Some(Error::io(&e, &format!("connect to {addr}"))),
+            }
+        }
+    }
+
+    /// The socket is connected: configure it, say CONNECTION, serve.
+    fn established(self: Arc<Self>, cx: &mut Cx<'_>, socket: mio::net::TcpStream) {
+        let key = self.lock().drive.key;
+        if let Err(e) = self.configure(&socket) {
+            return self.end(cx, End::Error(e));
+        }
+        // Accepted sockets are registered here; connected ones already are.
+        let accepted = self.listener() != 0;
+        if accepted && let Err(e) = cx.register(socket.as_raw_fd(), key) {
+            return self.end(cx, End::Error(Error::io(&e, "register the socket")));
+        }
+        if self.remote.get().is_none()
+            && let Ok(peer) = socket.peer_addr()
+        {
+            let _ = self.remote.set(Remote::new(peer));
+        }
+        {
+            let mut st = self.lock();
+            st.drive.socket = Some(socket);
+            st.drive.connected = true;
+            st.drive.phase = Phase::Established;
+            if self.cfg().idle_timeout.is_some() {
+                st.drive.last_read = Some(Instant::now());
+            }
+        }
+        if let Some(limit) = self.cfg().idle_timeout {
+            cx.set_timer(Instant::now() + limit, self.clone());
+        }
+        log!(
+            "connection",
+            self.id,
+            "connected {}",
+            self.remote().endpoint()
+        );
+        self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
+        self.serve(cx, Ready::default());
+    }
+
+    fn configure(&self, s: &mio::net::TcpStream) -> Result<()> {
+        if self.cfg().no_delay {
+            s.set_nodelay(true)
+                .map_err(|e| Error::io(&e, "cannot set TCP_NODELAY"))?;
+        }
+        if let Some(t) = self.cfg().keepalive {
+            let ka = socket2::TcpKeepalive::new().with_time(t);
+            socket2::SockRef::from(s)
+                .set_tcp_keepalive(&ka)
+                .map_err(|e| Error::io(&e, "cannot set keepalive"))?;
+        }
+        Ok(())
+    }
+
+    /// One turn of an established connection: write what is queued, read
+    /// what is ready, end when it is over.
+    fn serve(self: Arc<Self>, cx: &mut Cx<'_>, ready: Ready) {
+        #[cfg(test)]
+        if self.port() == super::tests::PANIC_PORT.load(std::sync::atomic::Ordering::Relaxed) {
+            panic!("a panic planted by a test");
+        }
+        let snap = match self.flush() {
+            Ok(snap) => snap,
+            Err(e) => return self.end(cx, End::Error(e)),
+        };
+        if snap.drain {
+            self.deliver(EventType::NETEV_EVENT_DRAIN, &[], None, After::Nothing);
+        }
+        if snap.close || (snap.peer_ended && snap.shut_done) {
+            return self.end(cx, End::Close);
+        }
+        if snap.peer_ended || !self.receive_room() {
+            return;
+        }
+        // A short read means the socket ran dry only when an edge will say
+        // otherwise: after a poll that did not report the peer's end.
+        let short_is_dry = ready.polled && !ready.read_closed && !ready.error;
+        match self.read_some(snap.fd, short_is_dry) {
+            Read::Drained => {}
+            Read::More => cx.again(self.clone()),
+            Read::Failed(e) => self.end(cx, End::Error(e)),
+            Read::Ended => {
+                log!("connection", self.id, "end: the peer finished sending");
+                {
+                    let mut st = self.lock();
+                    st.drive.peer_ended = true;
+                    if !self.cfg().allow_half_open {
+                        st.closed = true;
+                    }
+                }
+                self.deliver(EventType::NETEV_EVENT_END, &[], None, After::AutoShutdown);
+                // What END's callback (or the automatic shutdown) queued,
+                // and the end itself, are for the next turn.
+                let st = self.lock();
+                self.kick(st);
+            }
+        }
+    }
+
+    /// Writes what the socket takes, shuts the write side when asked and
+    /// the queue is empty, and says what the turn must do next.
+    fn flush(&self) -> Result<Snapshot> {
+        let mut st = self.lock();
+        let fd = st.drive.socket.as_ref().map(|s| s.as_raw_fd());
+        let mut snap = Snapshot {
+            fd,
+            peer_ended: st.drive.peer_ended,
+            ..Snapshot::default()
+        };
+        if st.close_requested {
+            // Queued bytes are dropped: nothing more is written, and no
+            // failed write can turn the host's close into an ERROR.
+            snap.close = true;
+            return Ok(snap);
+        }
+        let Some(fd) = fd else {
+            return Ok(snap);
+        };
+        let before = st.queued();
+        while !st.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); send_queue::MAX_SLICES];
+            let n = st.out.slices(&mut slices);
+            match send_vectored(fd, &slices[..n]) {
+                Ok(n) => st.out.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&e, "write")),
+            }
+        }
+        let written = before - st.queued();
+        if written > 0 {
+            log!("connection", self.id, "sent {written} bytes");
+            if self.cfg().idle_timeout.is_some() {
+                st.last_write = Some(Instant::now());
+            }
+        }
+        snap.drain = st.refused && st.queued() <= self.cfg().send_buffer_limit / 2;
+        if snap.drain {
+            st.refused = false;
+        }
+        if st.queued() == 0 && st.write_shut_requested && !st.write_shut_done {
+            // With the peer's side ended too, the connection closes right
+            // after this, and close() sends the same FIN: spare the call.
+            if !st.drive.peer_ended {
+                // SAFETY: `fd` is this connection's open socket: only this
+                // thread closes it, and not before this turn ends.
+                if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
+                    return Err(Error::io(&io::Error::last_os_error(), "shutdown"));
+                }
+            }
+            st.write_shut_done = true;
+            log!("connection", self.id, "shutdown done: write side closed");
+        }
+        snap.shut_done = st.write_shut_done;
+        Ok(snap)
+    }
+
+    /// Reads what is ready (a few full chunks at most), delivering DATA.
+    fn read_some(self: &Arc<Self>, fd: Option<RawFd>, short_is_dry: bool) -> Read {
+        let Some(fd) = fd else {
+            return Read::Drained;
+        };
+        let mut buf = READ_BUF
+            .take()
+            .unwrap_or_else(|| vec![0u8; READ_CHUNK].into_boxed_slice());
+        let mut result = Read::More;
+        for i in 0..READS_PER_TURN {
+            if i > 0 && !self.receive_room() {
+                result = Read::Drained;
+                break;
+            }
+            // SAFETY: `fd` is this connection's open socket (only this
+            // thread closes it); `buf` is a live, writable buffer.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => result = Read::Drained,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => result = Read::Failed(Error::io(&e, "read")),
+                }
+                break;
+            }
+            let n = n as usize;
+            if n == 0 {
+                result = Read::Ended;
+                break;
+            }
+            log!("connection", self.id, "received {n} bytes");
+            if self.cfg().idle_timeout.is_some() {
+                self.lock().drive.last_read = Some(Instant::now());
+            }
+            self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
+            // A short read emptied the socket: the next bytes (or the end)
+            // come with a new edge, so no read() only to meet EAGAIN.
+            if n < buf.len() && short_is_dry {
+                result = Read::Drained;
+                break;
+            }
+            if self.lock().close_requested {
+                result = Read::Drained;
+                break;
+            }
+        }
+        READ_BUF.set(Some(buf));
+        if matches!(result, Read::More) {
+            // Four full chunks and maybe more: the rest after the others.
+            return Read::More;
+        }
+        result
+    }
+
+    /// Leaves the loop (closing the socket under the lock, so no host write
+    /// can reach the fd, or a reused one) and ends the connection.
+    pub(super) fn end(self: Arc<Self>, cx: &mut Cx<'_>, end: End) {
+        let socket = {
+            let mut st = self.lock();
+            if matches!(st.drive.phase, Phase::Done) {
+                return;
+            }
+            st.drive.phase = Phase::Done;
+            st.drive.connected = false;
+            cx.remove(st.drive.key);
+            st.drive.socket.take()
+        };
+        if let Some(s) = &socket {
+            cx.deregister(s.as_raw_fd());
+        }
+        {
+            // Closed under the lock: a host thread holding it may be writing.
+            let _st = self.lock();
+            drop(socket);
+        }
+        self.finish(end);
+    }
+
+    /// Asks the loop for a turn after a change to `st`, once the lock is released.
+    pub(super) fn kick(&self, mut st: Guard<'_, State>) {
+        if st.drive.requested || matches!(st.drive.phase, Phase::Idle | Phase::Done) {
+            return;
+        }
+        st.drive.requested = true;
+        drop(st);
+        if let (Some(lp), Some(me)) = (self.lp.get(), self.me.upgrade()) {
+            lp.request(me);
+        }
+    }
+}
+
+enum Read {
+    /// Nothing more now: a new edge comes with the next bytes.
+    Drained,
+    /// Stopped early with more to read: go on after the others.
+    More,
+    Ended,
+    Failed(Error),
+}
+
+/// What the turn acts on, read under the lock.
+#[derive(Default)]
+struct Snapshot {
+    fd: Option<RawFd>,
+    drain: bool,
+    shut_done: bool,
+    close: bool,
+    peer_ended: bool,
+}
+
+/// Writes what the socket takes of `slices`, in order, without blocking
+/// and without SIGPIPE (writev has no MSG_NOSIGNAL; sendmsg has).
+fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (std guarantees it); the
+    // kernel only reads through these pointers.
+    msg.msg_iov = slices.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = slices.len();
+    // SAFETY: `fd` is the caller's open socket; `msg` points at `slices`,
+    // live for the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Writes what the socket takes now, without blocking; None when it takes
+/// nothing (full, or failing: the loop then meets the error itself).
+pub(super) fn send_now(fd: RawFd, data: &[u8]) -> Option<usize> {
+    // SAFETY: the caller holds the state lock, under which the loop closes
+    // the socket, so `fd` is this connection's open socket; `data` is a
+    // live slice. MSG_NOSIGNAL keeps a reset peer from raising SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).ok().filter(|n| *n > 0)
+}
