@@ -120,9 +120,12 @@ pub struct ListenerConfig {
     pub bind_address: Option<IpAddr>,
     pub backlog: u32,
     pub reuse_port: bool,
-    /// Checked now (so a bad default fails the open), and again for each
-    /// connection, since the accept callback may change it.
+    /// What the accept callback gets pre-filled: the defaults, with the
+    /// listener's dispatcher when they name none.
     pub connection_defaults: Defaults,
+    /// Those defaults, validated now (a bad one fails the open) and shared
+    /// by every accepted connection whose callback left them as they were.
+    shared_defaults: Arc<Config>,
     pub dispatcher: Option<Arc<Dispatcher>>,
 }
 
@@ -137,11 +140,15 @@ impl ListenerConfig {
                 ))
             })?),
         };
-        Config::from_options(&o.connection_defaults)?;
         let dispatcher = match o.dispatcher {
             0 => None,
             id => Some(handle::dispatcher(id)?),
         };
+        let mut defaults = o.connection_defaults;
+        if defaults.dispatcher == 0 {
+            defaults.dispatcher = o.dispatcher;
+        }
+        let shared_defaults = Arc::new(Config::from_options(&defaults)?);
         Ok(ListenerConfig {
             on_connection: o.on_connection,
             on_error: o.on_error,
@@ -154,7 +161,8 @@ impl ListenerConfig {
                 o.backlog
             },
             reuse_port: o.reuse_port,
-            connection_defaults: Defaults(o.connection_defaults),
+            connection_defaults: Defaults(defaults),
+            shared_defaults,
             dispatcher,
         })
     }
@@ -374,9 +382,6 @@ impl Listener {
         // Live before the host decides, so it can retain and read it there.
         let conn = Connection::incoming(id, peer, self.id);
         let mut options = self.cfg.connection_defaults.0;
-        if options.dispatcher == 0 {
-            options.dispatcher = self.dispatcher_id();
-        }
         let accepted = match self.cfg.on_connection {
             None => true,
             Some(cb) => {
@@ -396,7 +401,11 @@ impl Listener {
             drop(stream);
             return self.cfg.on_connection.is_some();
         }
-        match Config::from_options(&options) {
+        let cfg = match options.same_as(&self.cfg.connection_defaults.0) {
+            true => Ok(self.cfg.shared_defaults.clone()),
+            false => Config::from_options(&options).map(Arc::new),
+        };
+        match cfg {
             Ok(cfg) => match runtime::opening() {
                 Ok(rt) => {
                     log!(

@@ -160,7 +160,7 @@ impl Connection {
                 end => end,
             };
             if let End::Error(e) = &end {
-                st.errors.push(e.clone());
+                st.errors.get_or_insert_default().push(e.clone());
             }
             end
         };

@@ -32,15 +32,24 @@ pub(super) enum Phase {
     #[default]
     Idle,
     /// Waiting for the name lookup on the blocking pool.
-    Resolving,
+    Resolving(Box<Connect>),
     /// A non-blocking connect to `addrs[next - 1]` is under way.
-    Connecting {
-        addrs: Vec<SocketAddr>,
-        next: usize,
-    },
+    Connecting(Box<Connect>),
     Established,
     /// Removed from the loop; CLOSE or ERROR is decided.
     Done,
+}
+
+/// What connecting takes, boxed in the phase: an established connection
+/// carries none of it.
+#[derive(Default)]
+pub(super) struct Connect {
+    /// The name lookup's result, waiting for the loop.
+    resolved: Option<io::Result<Vec<SocketAddr>>>,
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    last_error: Option<Error>,
+    deadline: Option<Instant>,
 }
 
 /// The loop's part of the state.
@@ -51,14 +60,13 @@ pub(super) struct Drive {
     pub(super) socket: Option<mio::net::TcpStream>,
     /// Host threads may write to the socket directly.
     pub(super) connected: bool,
-    key: usize,
     /// A turn was requested and has not started yet.
     pub(super) requested: bool,
-    /// The name lookup's result, waiting for the loop.
-    resolved: Option<io::Result<Vec<SocketAddr>>>,
-    last_error: Option<Error>,
-    connect_deadline: Option<Instant>,
     pub(super) peer_ended: bool,
+    key: usize,
+    /// The deadline of the timer that counts (connect, then idle): an
+    /// earlier one still in the loop's heap is stale.
+    armed: Option<Instant>,
     last_read: Option<Instant>,
 }
 
@@ -81,19 +89,23 @@ impl Source for Connection {
             drop(st);
             return self.established(cx, socket);
         }
-        st.drive.connect_deadline = Some(Instant::now() + self.cfg().connection_timeout);
-        if let Some(at) = st.drive.connect_deadline {
-            cx.set_timer(at, self.clone());
+        if st.close_requested {
+            drop(st);
+            return self.end(cx, End::Close);
         }
+        let deadline = Instant::now() + self.cfg().connection_timeout;
+        let mut connect = Box::new(Connect {
+            deadline: Some(deadline),
+            ..Connect::default()
+        });
+        self.arm(&mut st, cx, deadline);
         if let Ok(ip) = self.address().parse::<IpAddr>() {
-            st.drive.phase = Phase::Connecting {
-                addrs: vec![SocketAddr::new(ip, self.port())],
-                next: 0,
-            };
+            connect.addrs.push(SocketAddr::new(ip, self.port()));
+            st.drive.phase = Phase::Connecting(connect);
             drop(st);
             return self.connect_next(cx);
         }
-        st.drive.phase = Phase::Resolving;
+        st.drive.phase = Phase::Resolving(connect);
         drop(st);
         let me = self.clone();
         let spawned = runtime::spawn_blocking(move || {
@@ -101,7 +113,9 @@ impl Source for Connection {
                 .to_socket_addrs()
                 .map(|a| a.collect::<Vec<_>>());
             let mut st = me.lock();
-            st.drive.resolved = Some(found);
+            if let Phase::Resolving(c) = &mut st.drive.phase {
+                c.resolved = Some(found);
+            }
             me.kick(st);
         });
         if let Err(e) = spawned {
@@ -116,15 +130,19 @@ impl Source for Connection {
             drop(st);
             return self.end(cx, End::Close);
         }
-        match st.drive.phase {
+        match &mut st.drive.phase {
             Phase::Idle | Phase::Done => {}
-            Phase::Resolving => {
-                let Some(found) = st.drive.resolved.take() else {
+            Phase::Resolving(connect) => {
+                let Some(found) = connect.resolved.take() else {
                     return;
                 };
                 match found {
                     Ok(addrs) => {
-                        st.drive.phase = Phase::Connecting { addrs, next: 0 };
+                        connect.addrs = addrs;
+                        let Phase::Resolving(connect) = std::mem::take(&mut st.drive.phase) else {
+                            return;
+                        };
+                        st.drive.phase = Phase::Connecting(connect);
                         drop(st);
                         self.connect_next(cx);
                     }
@@ -139,7 +157,7 @@ impl Source for Connection {
                     }
                 }
             }
-            Phase::Connecting { .. } => {
+            Phase::Connecting(_) => {
                 if !(ready.writable || ready.error) {
                     return;
                 }
@@ -169,7 +187,9 @@ impl Source for Connection {
                             Some(a) => format!("connect to {a}"),
                             None => "connect".to_owned(),
                         };
-                        st.drive.last_error = Some(Error::io(&e, &what));
+                        if let Phase::Connecting(c) = &mut st.drive.phase {
+                            c.last_error = Some(Error::io(&e, &what));
+                        }
                         if let Some(s) = st.drive.socket.take() {
                             cx.deregister(s.as_raw_fd());
                         }
@@ -194,11 +214,15 @@ impl Source for Connection {
     }
 
     fn timer(self: Arc<Self>, cx: &mut Cx<'_>) {
-        let st = self.lock();
+        let mut st = self.lock();
         let now = Instant::now();
-        match st.drive.phase {
-            Phase::Resolving | Phase::Connecting { .. } => {
-                if st.drive.connect_deadline.is_some_and(|d| now >= d) {
+        if st.drive.armed.is_some_and(|at| now < at) {
+            // A timer set before the one that counts now.
+            return;
+        }
+        match &st.drive.phase {
+            Phase::Resolving(c) | Phase::Connecting(c) => {
+                if c.deadline.is_some_and(|d| now >= d) {
                     drop(st);
                     let limit = self.cfg().connection_timeout;
                     let e = Error::new(
@@ -221,15 +245,15 @@ impl Source for Connection {
                     (Some(r), Some(w)) => r.max(w),
                     (r, w) => r.or(w).unwrap_or(now),
                 };
-                drop(st);
                 if now.duration_since(last) >= limit {
+                    drop(st);
                     let e = Error::new(
                         Status::NETEV_ERR_TIMEOUT,
                         format!("no traffic for {:.3} s", limit.as_secs_f64()),
                     );
                     self.end(cx, End::Error(e));
                 } else {
-                    cx.set_timer(last + limit, self.clone());
+                    self.arm(&mut st, cx, last + limit);
                 }
             }
             Phase::Idle | Phase::Done => {}
@@ -242,11 +266,12 @@ impl Connection {
     fn connect_next(self: Arc<Self>, cx: &mut Cx<'_>) {
         loop {
             let mut st = self.lock();
-            let Phase::Connecting { addrs, next } = &mut st.drive.phase else {
+            let key = st.drive.key;
+            let Phase::Connecting(c) = &mut st.drive.phase else {
                 return;
             };
-            let Some(addr) = addrs.get(*next).copied() else {
-                let e = st.drive.last_error.take().unwrap_or_else(|| {
+            let Some(addr) = c.addrs.get(c.next).copied() else {
+                let e = c.last_error.take().unwrap_or_else(|| {
                     Error::new(
                         Status::NETEV_ERR_HOST_NOT_FOUND,
                         format!("{} has no address", self.address()),
@@ -256,17 +281,18 @@ impl Connection {
                 drop(st);
                 return self.end(cx, End::Error(e));
             };
-            *next += 1;
-            match mio::net::TcpStream::connect(addr) {
-                Ok(s) => match cx.register(s.as_raw_fd(), st.drive.key) {
+            c.next += 1;
+            let failed = match mio::net::TcpStream::connect(addr) {
+                Ok(s) => match cx.register(s.as_raw_fd(), key) {
                     Ok(()) => {
                         st.drive.socket = Some(s);
                         return;
                     }
-                    Err(e) => st.drive.last_error = Some(Error::io(&e, "register the socket")),
+                    Err(e) => Error::io(&e, "register the socket"),
                 },
-                Err(e) => st.drive.last_error = Some(Error::io(&e, &format!("connect to {addr}"))),
-            }
+                Err(e) => Error::io(&e, &format!("connect to {addr}")),
+            };
+            c.last_error = Some(failed);
         }
     }
 
@@ -296,7 +322,8 @@ impl Connection {
             }
         }
         if let Some(limit) = self.cfg().idle_timeout {
-            cx.set_timer(Instant::now() + limit, self.clone());
+            let mut st = self.lock();
+            self.arm(&mut st, cx, Instant::now() + limit);
         }
         log!(
             "connection",
@@ -502,6 +529,12 @@ impl Connection {
             drop(socket);
         }
         self.finish(end);
+    }
+
+    /// Sets the timer that counts from now on.
+    fn arm(self: &Arc<Self>, st: &mut State, cx: &mut Cx<'_>, at: Instant) {
+        st.drive.armed = Some(at);
+        cx.set_timer(at, self.clone());
     }
 
     /// Asks the loop for a turn after a change to `st`, once the lock is released.

@@ -82,6 +82,37 @@ pub struct netev_connection_options {
     pub dispatcher: netev_dispatcher,
 }
 
+impl netev_connection_options {
+    /// Whether every field is the same (function pointers by address), so
+    /// that settings validated once can be shared.
+    pub(crate) fn same_as(&self, o: &Self) -> bool {
+        let callbacks = |x: &Self| {
+            [
+                x.on_connection,
+                x.on_data,
+                x.on_shutdown,
+                x.on_error,
+                x.on_terminate,
+                x.on_drain,
+                x.on_end,
+            ]
+            .map(|cb| cb.map_or(0, |f| f as usize))
+        };
+        callbacks(self) == callbacks(o)
+            && self.size == o.size
+            && self.user_data == o.user_data
+            && self.user_data_free.map_or(0, |f| f as usize)
+                == o.user_data_free.map_or(0, |f| f as usize)
+            && self.no_delay == o.no_delay
+            && self.allow_half_open == o.allow_half_open
+            && self.keepalive.to_bits() == o.keepalive.to_bits()
+            && self.idle_timeout.to_bits() == o.idle_timeout.to_bits()
+            && self.connection_timeout.to_bits() == o.connection_timeout.to_bits()
+            && self.send_buffer_limit == o.send_buffer_limit
+            && self.dispatcher == o.dispatcher
+    }
+}
+
 impl Default for netev_connection_options {
     fn default() -> Self {
         netev_connection_options {
@@ -257,7 +288,8 @@ struct State {
     /// Threads blocked in `wait` (immediate mode).
     waiters: usize,
     last_write: Option<Instant>,
-    errors: ErrorList,
+    /// Allocated on the first error: most connections never have one.
+    errors: Option<Box<ErrorList>>,
 }
 
 impl State {
@@ -274,7 +306,7 @@ pub struct Connection {
     listener: netev_listener,
     /// Set when the connection starts: an accepted connection exists (its
     /// handle is live) while the listener's host chooses its options.
-    cfg: OnceLock<Config>,
+    cfg: OnceLock<Arc<Config>>,
     remote: OnceLock<Remote>,
     state: Mutex<State>,
     outbox: Mutex<Outbox>,
@@ -336,7 +368,7 @@ impl Connection {
         log!("connection", id, "open {address} port {port}");
         conn.register();
         publish(id);
-        conn.start(&rt, cfg, None);
+        conn.start(&rt, Arc::new(cfg), None);
         Ok(conn)
     }
 
@@ -359,7 +391,7 @@ impl Connection {
     pub(crate) fn accept(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
-        cfg: Config,
+        cfg: Arc<Config>,
         rt: &runtime::Opening,
     ) {
         self.start(rt, cfg, Some(mio::net::TcpStream::from_std(stream)));
@@ -418,14 +450,14 @@ impl Connection {
     /// The connection's settings; the defaults while an incoming connection
     /// waits for its host's decision.
     fn cfg(&self) -> &Config {
-        self.cfg.get().unwrap_or(&DEFAULT_CONFIG)
+        self.cfg.get().map_or(&DEFAULT_CONFIG, |c| c)
     }
 
     /// Fixes the settings and hands the connection to a loop.
     fn start(
         self: &Arc<Self>,
         rt: &runtime::Opening,
-        cfg: Config,
+        cfg: Arc<Config>,
         accepted: Option<mio::net::TcpStream>,
     ) {
         if let Some(d) = &cfg.dispatcher {
@@ -473,7 +505,7 @@ impl Connection {
 
     /// Records a failed host call on this connection and returns it.
     fn refuse(&self, st: &mut State, e: Error) -> Error {
-        st.errors.push(e.clone());
+        st.errors.get_or_insert_default().push(e.clone());
         e
     }
 
@@ -692,10 +724,14 @@ impl Connection {
         self.lock().queued()
     }
     pub fn error_count(&self) -> usize {
-        self.lock().errors.len()
+        self.lock().errors.as_ref().map_or(0, |e| e.len())
     }
     pub fn error_at(&self, index: usize) -> Option<netev_error_info> {
-        self.lock().errors.get(index).map(netev_error_info::from)
+        self.lock()
+            .errors
+            .as_ref()
+            .and_then(|e| e.get(index))
+            .map(netev_error_info::from)
     }
     pub fn dispatcher_id(&self) -> netev_dispatcher {
         self.cfg().dispatcher.as_ref().map_or(0, |d| d.id)
@@ -757,6 +793,6 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Connection>();
-        assert!(size <= 704, "a connection is {size} bytes");
+        assert!(size <= 448, "a connection is {size} bytes");
     }
 }
