@@ -9,7 +9,7 @@
 //! run or a wait can stop between callbacks.
 
 use crate::error::{Error, Result, Status};
-use crate::handle::{self, Object};
+use crate::registry::{self, Registered, netev_dispatcher};
 use crate::sync::{Guard, Mutex, contain};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -148,7 +148,7 @@ impl Dispatcher {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let d = Arc::new(Dispatcher {
-            id: handle::next_id(),
+            id: registry::next_id(),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 running: false,
@@ -160,8 +160,13 @@ impl Dispatcher {
             fd,
             bound: AtomicUsize::new(0),
         });
-        handle::insert(d.id, Object::Dispatcher(d.clone()));
+        registry::insert(d.id, d.clone());
         Ok(d)
+    }
+
+    /// The dispatcher `id` names.
+    pub fn get(id: netev_dispatcher) -> Result<Arc<Dispatcher>> {
+        registry::get(id, "dispatcher")
     }
 
     pub fn fd(&self) -> RawFd {
@@ -411,13 +416,9 @@ impl Dispatcher {
     /// wait: the callbacks left run after the current one (on the thread
     /// running it), or on netev's threads.
     pub fn release(self: &Arc<Self>) {
-        handle::remove(self.id);
-        for obj in handle::all() {
-            match obj {
-                Object::Connection(c) if c.dispatcher_id() == self.id => c.close_now(),
-                Object::Listener(l) if l.dispatcher_id() == self.id => l.terminate(),
-                _ => {}
-            }
+        registry::remove(self.id);
+        for obj in registry::all() {
+            obj.dispatcher_released(self.id);
         }
         if self.check_may_block("release").is_ok() {
             let _ = self.run_until(Some(RELEASE_DRAIN), &|| {
@@ -433,6 +434,14 @@ impl Dispatcher {
         }
         q.running = true;
         self.run_retired(q);
+    }
+}
+
+impl Registered for Dispatcher {
+    /// Runs the last callbacks of what the shutdown ends, unless the host
+    /// runs them on a thread of its own.
+    fn shutdown_round(&self) {
+        self.run_ready();
     }
 }
 

@@ -1,7 +1,7 @@
 //! The event handed to host callbacks, and its type names.
 
 use crate::error::{Error, netev_status};
-use crate::handle::netev_connection;
+use crate::registry::netev_connection;
 use std::ffi::c_char;
 use std::net::SocketAddr;
 use std::ptr;

@@ -5,9 +5,9 @@ use crate::connection::{Config, Connection, netev_connection_options, seconds};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result, Status, netev_error_info, netev_status};
 use crate::event::EventType;
-use crate::handle::{self, netev_connection, netev_dispatcher, netev_listener};
 use crate::listener::{Listener, ListenerConfig, netev_listener_options};
 use crate::log;
+use crate::registry::{netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime::{self, netev_runtime_options};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -232,7 +232,7 @@ pub extern "C" fn netev_connection_send(
     len: usize,
 ) -> netev_status {
     boundary(|| {
-        let c = handle::connection(conn)?;
+        let c = Connection::get(conn)?;
         if len == 0 {
             return c.send(&[]);
         }
@@ -252,7 +252,7 @@ pub extern "C" fn netev_connection_send(
 /// NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_shutdown(conn: netev_connection) -> netev_status {
-    boundary(|| handle::connection(conn)?.shutdown())
+    boundary(|| Connection::get(conn)?.shutdown())
 }
 
 /// Waits until the connection has ended (its TERMINATE callback returned)
@@ -274,7 +274,7 @@ pub extern "C" fn netev_connection_wait(
 ) -> netev_status {
     boundary(|| {
         let t = wait_timeout(timeout_seconds)?;
-        handle::connection(conn)?.wait(t)
+        Connection::get(conn)?.wait(t)
     })
 }
 
@@ -285,7 +285,7 @@ pub extern "C" fn netev_connection_wait(
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_close(conn: netev_connection) -> netev_status {
     boundary(|| {
-        handle::connection(conn)?.close_now();
+        Connection::get(conn)?.close_now();
         Ok(())
     })
 }
@@ -296,7 +296,7 @@ pub extern "C" fn netev_connection_close(conn: netev_connection) -> netev_status
 /// Returns NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_retain(conn: netev_connection) -> netev_status {
-    boundary(|| handle::connection(conn)?.retain())
+    boundary(|| Connection::get(conn)?.retain())
 }
 
 /// Gives back a reference taken by `netev_connection_open` or
@@ -311,7 +311,7 @@ pub extern "C" fn netev_connection_retain(conn: netev_connection) -> netev_statu
 /// reference is left to give back (a double release).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_release(conn: netev_connection) -> netev_status {
-    boundary(|| handle::connection(conn)?.release())
+    boundary(|| Connection::get(conn)?.release())
 }
 
 /// Copies the address as given to open (name or IP; for an accepted
@@ -328,7 +328,7 @@ pub extern "C" fn netev_connection_address(
 ) -> netev_status {
     boundary(|| {
         need(needed, "needed")?;
-        let c = handle::connection(conn)?;
+        let c = Connection::get(conn)?;
         let n = copy_out(c.address(), buf, capacity)?;
         put(needed, "needed", n)
     })
@@ -342,7 +342,7 @@ fn property<T>(
 ) -> netev_status {
     boundary(|| {
         need(out, "out")?;
-        let c = handle::connection(conn)?;
+        let c = Connection::get(conn)?;
         put(out, "out", get(&c))
     })
 }
@@ -423,7 +423,7 @@ pub extern "C" fn netev_connection_error_at(
 ) -> netev_status {
     boundary(|| {
         need(out, "out")?;
-        let c = handle::connection(conn)?;
+        let c = Connection::get(conn)?;
         let info = c.error_at(index).ok_or_else(|| {
             Error::invalid(format!(
                 "index {index} is out of range ({} errors)",
@@ -489,7 +489,7 @@ pub extern "C" fn netev_listener_open(
 pub extern "C" fn netev_listener_port(listener: netev_listener, out: *mut u16) -> netev_status {
     boundary(|| {
         need(out, "out")?;
-        let l = handle::listener(listener)?;
+        let l = Listener::get(listener)?;
         put(out, "out", l.port())
     })
 }
@@ -500,7 +500,7 @@ pub extern "C" fn netev_listener_port(listener: netev_listener, out: *mut u16) -
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_listener_terminate(listener: netev_listener) -> netev_status {
     boundary(|| {
-        handle::listener(listener)?.terminate();
+        Listener::get(listener)?.terminate();
         Ok(())
     })
 }
@@ -510,7 +510,7 @@ pub extern "C" fn netev_listener_terminate(listener: netev_listener) -> netev_st
 /// returned. Returns NETEV_ERR_INVALID_HANDLE (also on a double release).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_listener_release(listener: netev_listener) -> netev_status {
-    boundary(|| handle::listener(listener)?.release())
+    boundary(|| Listener::get(listener)?.release())
 }
 
 /// How many entries the listener's errors list holds (the newest 64).
@@ -522,7 +522,7 @@ pub extern "C" fn netev_listener_error_count(
 ) -> netev_status {
     boundary(|| {
         need(out, "out")?;
-        let l = handle::listener(listener)?;
+        let l = Listener::get(listener)?;
         put(out, "out", l.error_count())
     })
 }
@@ -538,7 +538,7 @@ pub extern "C" fn netev_listener_error_at(
 ) -> netev_status {
     boundary(|| {
         need(out, "out")?;
-        let l = handle::listener(listener)?;
+        let l = Listener::get(listener)?;
         let info = l.error_at(index).ok_or_else(|| {
             Error::invalid(format!(
                 "index {index} is out of range ({} errors)",
@@ -584,7 +584,7 @@ pub extern "C" fn netev_dispatcher_run(
 ) -> netev_status {
     boundary(|| {
         let t = wait_timeout(timeout_seconds)?;
-        let n = handle::dispatcher(d)?.run(t)?;
+        let n = Dispatcher::get(d)?.run(t)?;
         if !ran.is_null() {
             put(ran, "ran", n)?;
         }
@@ -601,7 +601,7 @@ pub extern "C" fn netev_dispatcher_run(
 pub extern "C" fn netev_dispatcher_fd(d: netev_dispatcher, fd: *mut c_int) -> netev_status {
     boundary(|| {
         need(fd, "fd")?;
-        let d = handle::dispatcher(d)?;
+        let d = Dispatcher::get(d)?;
         put(fd, "fd", d.fd())
     })
 }
@@ -619,7 +619,7 @@ pub extern "C" fn netev_dispatcher_fd(d: netev_dispatcher, fd: *mut c_int) -> ne
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_dispatcher_release(d: netev_dispatcher) -> netev_status {
     boundary(|| {
-        handle::dispatcher(d)?.release();
+        Dispatcher::get(d)?.release();
         Ok(())
     })
 }

@@ -5,9 +5,9 @@ use crate::connection::{Config, Connection, HostPtr, netev_connection_options};
 use crate::dispatch::{Dispatcher, Job};
 use crate::error::{Error, ErrorList, Result, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
-use crate::handle::{self, Object, netev_dispatcher, netev_listener};
 use crate::io_loop::{Cx, LoopHandle, Ready, Source};
 use crate::log::log;
+use crate::registry::{self, Registered, netev_dispatcher, netev_listener};
 use crate::runtime;
 use crate::sync::{Guard, Mutex, call_host};
 use std::ffi::{CString, c_char, c_void};
@@ -142,7 +142,7 @@ impl ListenerConfig {
         };
         let dispatcher = match o.dispatcher {
             0 => None,
-            id => Some(handle::dispatcher(id)?),
+            id => Some(Dispatcher::get(id)?),
         };
         let mut defaults = o.connection_defaults;
         if defaults.dispatcher == 0 {
@@ -261,7 +261,7 @@ impl Listener {
             d.bind();
         }
         let l = Arc::new_cyclic(|me| Listener {
-            id: handle::next_id(),
+            id: registry::next_id(),
             port,
             cfg,
             state: Mutex::new(State {
@@ -279,7 +279,7 @@ impl Listener {
             lp: OnceLock::new(),
             me: me.clone(),
         });
-        handle::insert(l.id, Object::Listener(l.clone()));
+        registry::insert(l.id, l.clone());
         runtime::object_started();
         log!("listener", l.id, "listening on port {port}");
         publish(l.id);
@@ -287,6 +287,11 @@ impl Listener {
         let _ = l.lp.set(lp.clone());
         lp.add(l.clone());
         Ok(l)
+    }
+
+    /// The listener `id` names.
+    pub fn get(id: netev_listener) -> Result<Arc<Listener>> {
+        registry::get(id, "listener")
     }
 
     fn lock(&self) -> Guard<'_, State> {
@@ -332,7 +337,7 @@ impl Listener {
         let terminated = st.terminated;
         drop(st);
         if terminated {
-            handle::remove(self.id);
+            registry::remove(self.id);
         } else {
             self.terminate();
         }
@@ -377,7 +382,7 @@ impl Listener {
             // Accepted just before the shutdown: never offered, closed here.
             return false;
         }
-        let id = handle::next_id();
+        let id = registry::next_id();
         let remote = Remote::new(peer);
         // Live before the host decides, so it can retain and read it there.
         let conn = Connection::incoming(id, peer, self.id);
@@ -488,9 +493,20 @@ impl Listener {
             d.unbind();
         }
         if unowned {
-            handle::remove(self.id);
+            registry::remove(self.id);
         }
         runtime::object_ended();
+    }
+}
+
+impl Registered for Listener {
+    fn shutdown_round(&self) {
+        self.terminate();
+    }
+    fn dispatcher_released(&self, id: netev_dispatcher) {
+        if self.dispatcher_id() == id {
+            self.terminate();
+        }
     }
 }
 

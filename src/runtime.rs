@@ -3,7 +3,6 @@
 //! one of their own threads.
 
 use crate::error::{Error, Result, Status};
-use crate::handle::{self, Object};
 use crate::io_loop::{Loop, LoopHandle};
 use crate::sync::{Guard, Held, Mutex};
 use std::cell::Cell;
@@ -339,18 +338,9 @@ fn shutdown_now(deadline: Option<Instant>) -> Result<()> {
     // Let every task deliver its last events while dispatcher-bound ones
     // are run here. Each round ends what is still open: a callback run here
     // may have opened something before it saw the shutdown.
-    let mut dispatchers = Vec::new();
     loop {
-        dispatchers.clear();
-        for obj in handle::all() {
-            match obj {
-                Object::Connection(c) => c.close_now(),
-                Object::Listener(l) => l.terminate(),
-                Object::Dispatcher(d) => dispatchers.push(d),
-            }
-        }
-        for d in &dispatchers {
-            d.run_ready();
+        for obj in crate::registry::all() {
+            obj.shutdown_round();
         }
         if live() == 0 {
             break;

@@ -4,7 +4,6 @@ use netev::connection::{Config, Connection, netev_connection_options};
 use netev::dispatch::Dispatcher;
 use netev::error::Status;
 use netev::event::{EventType, netev_event};
-use netev::handle;
 use std::ffi::c_void;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
@@ -132,7 +131,7 @@ fn echo_round_trip_has_the_documented_event_sequence() {
     );
     assert_eq!(c.error_count(), 1);
     c.release().unwrap();
-    assert!(handle::connection(c.id).is_err());
+    assert!(Connection::get(c.id).is_err());
     peer.join().unwrap();
 }
 

@@ -12,9 +12,9 @@ mod driver;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorList, Result, Status, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
-use crate::handle::{self, Object, netev_connection, netev_dispatcher, netev_listener};
 use crate::io_loop::LoopHandle;
 use crate::log::log;
+use crate::registry::{self, Registered, netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime;
 use crate::send_queue::SendQueue;
 use crate::sync::{Guard, Mutex};
@@ -206,7 +206,7 @@ impl Config {
     pub fn from_options(o: &netev_connection_options) -> Result<Config> {
         let dispatcher = match o.dispatcher {
             0 => None,
-            id => Some(handle::dispatcher(id)?),
+            id => Some(Dispatcher::get(id)?),
         };
         let mut callbacks = [None; 8];
         for (ty, cb) in [
@@ -345,6 +345,17 @@ thread_local! {
 
 static DEFAULT_CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
 
+impl Registered for Connection {
+    fn shutdown_round(&self) {
+        self.close_now();
+    }
+    fn dispatcher_released(&self, id: netev_dispatcher) {
+        if self.dispatcher_id() == id {
+            self.close_now();
+        }
+    }
+}
+
 impl Connection {
     /// Starts connecting to `address`:`port` in the background and returns
     /// the connection, registered under its handle. `publish` receives the
@@ -363,7 +374,7 @@ impl Connection {
             return Err(Error::invalid("the address is empty"));
         }
         let rt = runtime::opening()?;
-        let id = handle::next_id();
+        let id = registry::next_id();
         let conn = Connection::new(id, address.to_owned(), port, 0, 1);
         log!("connection", id, "open {address} port {port}");
         conn.register();
@@ -415,13 +426,22 @@ impl Connection {
 
     fn register(self: &Arc<Self>) {
         self.in_table.store(true, Ordering::Release);
-        handle::insert(self.id, Object::Connection(self.clone()));
+        registry::insert(self.id, self.clone());
     }
 
     /// Removes the handle: calls on it fail from now on, from any thread.
     fn unregister(&self) {
         self.in_table.store(false, Ordering::Release);
-        handle::remove(self.id);
+        registry::remove(self.id);
+    }
+
+    /// The connection `id` names.
+    pub fn get(id: netev_connection) -> Result<Arc<Connection>> {
+        registry::usable()?;
+        if let Some(c) = Connection::current(id) {
+            return Ok(c);
+        }
+        registry::get(id, "connection")
     }
 
     /// This connection, if `id` names it and one of its callbacks is running
