@@ -134,7 +134,7 @@ impl Until<'_> {
 impl Dispatcher {
     /// Creates a dispatcher and registers its handle.
     pub fn create() -> Result<Arc<Dispatcher>> {
-        if crate::runtime::forked() {
+        if crate::fork::forked() {
             return Err(Error::new(Status::NETEV_ERR_SHUTDOWN, "forked process"));
         }
         // SAFETY: eventfd takes no pointers; the result is checked below.
@@ -298,7 +298,7 @@ impl Dispatcher {
                 format!("{what} inside a callback of the dispatcher it would have to run"),
             ));
         }
-        if crate::runtime::on_runtime_thread() {
+        if crate::io_loop::on_loop_thread() {
             return Err(Error::new(
                 Status::NETEV_ERR_WOULD_DEADLOCK,
                 format!(

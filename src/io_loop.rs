@@ -60,6 +60,16 @@ pub struct Ready {
 
 const WAKER: Token = Token(usize::MAX);
 
+thread_local! {
+    static ON_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on netev's I/O threads, where blocking would stall the I/O that
+/// the blocked call is waiting for.
+pub fn on_loop_thread() -> bool {
+    ON_LOOP.with(|c| c.get())
+}
+
 /// Requests from other threads, and from callbacks on this one.
 #[derive(Default)]
 struct Inbox {
@@ -192,8 +202,8 @@ pub struct Loop {
 }
 
 impl Loop {
-    /// Starts a loop on a new thread named `name`; `on_start` runs first on it.
-    pub fn spawn(name: &str, on_start: fn()) -> io::Result<Loop> {
+    /// Starts a loop on a new thread named `name`.
+    pub fn spawn(name: &str) -> io::Result<Loop> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let handle = Arc::new(LoopHandle {
@@ -204,7 +214,7 @@ impl Loop {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                on_start();
+                ON_LOOP.with(|c| c.set(true));
                 run(poll, &h);
             })?;
         Ok(Loop {

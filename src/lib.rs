@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod ffi;
+pub mod fork;
 pub mod io_loop;
 pub mod listener;
 pub mod log;

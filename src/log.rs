@@ -47,9 +47,6 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
 static CALL_ENDED: Condvar = Condvar::new();
 
 thread_local! {
-    /// Lines logged while this thread held a netev lock, written once it
-    /// holds none (see `crate::sync`).
-    static DEFERRED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// Generations of the log callbacks running on this thread (nested).
     static CALLING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
@@ -171,25 +168,7 @@ pub fn write(kind: &str, id: u64, what: Arguments<'_>) {
         return;
     }
     let line = format!("{} {kind} {id} {what}", timestamp());
-    if crate::sync::holding_a_lock() {
-        DEFERRED.with(|d| d.borrow_mut().push(line));
-        return;
-    }
-    emit(line);
-}
-
-/// Writes the lines deferred on this thread; called when its last netev
-/// lock is released.
-pub(crate) fn write_deferred() {
-    loop {
-        let lines = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-        if lines.is_empty() {
-            return;
-        }
-        for line in lines {
-            emit(line);
-        }
-    }
+    crate::sync::when_unlocked(move || emit(line));
 }
 
 fn emit(line: String) {

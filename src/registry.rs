@@ -59,7 +59,7 @@ pub fn remove(id: u64) -> Option<Arc<dyn Registered>> {
 }
 
 fn check_process() -> Result<()> {
-    if crate::runtime::forked() {
+    if crate::fork::forked() {
         return Err(Error::new(
             Status::NETEV_ERR_SHUTDOWN,
             "this process was forked: objects of the parent cannot be used here",

@@ -5,10 +5,9 @@
 use crate::error::{Error, Result, Status};
 use crate::io_loop::{Loop, LoopHandle};
 use crate::sync::{Guard, Held, Mutex};
-use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::Condvar;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Condvar, Once};
 use std::time::{Duration, Instant};
 
 /// Runtime settings a host may give before first use.
@@ -49,29 +48,10 @@ pub struct Shared {
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 static WORKERS: AtomicU32 = AtomicU32::new(0);
-static FORKED: AtomicBool = AtomicBool::new(false);
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-static ATFORK: Once = Once::new();
 
-thread_local! {
-    static ON_RUNTIME: Cell<bool> = const { Cell::new(false) };
-}
-
-extern "C" fn after_fork_in_child() {
-    FORKED.store(true, Ordering::SeqCst);
-}
-
-/// True in a child process created by fork() after netev started: the
-/// parent's threads do not exist there, so nothing of the parent can work.
-pub fn forked() -> bool {
-    FORKED.load(Ordering::Relaxed)
-}
-
-/// True on netev's own I/O threads, where blocking would stall the I/O
-/// that the blocked call is waiting for.
-pub fn on_runtime_thread() -> bool {
-    ON_RUNTIME.with(|c| c.get())
-}
+use crate::fork::forked;
+pub use crate::io_loop::on_loop_thread as on_runtime_thread;
 
 fn shut_down_error() -> Error {
     Error::new(
@@ -85,13 +65,7 @@ fn lock() -> Guard<'static, Option<Runtime>> {
 }
 
 fn build() -> Result<Runtime> {
-    ATFORK.call_once(|| {
-        // SAFETY: registering a plain function with no captured state; it
-        // only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
-        }
-    });
+    crate::fork::watch();
     let workers = match WORKERS.load(Ordering::Relaxed) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -106,7 +80,7 @@ fn build() -> Result<Runtime> {
         .map_err(|e| Error::io(&e, "cannot start the runtime"))?;
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {
-        match Loop::spawn("netev-io", || ON_RUNTIME.with(|c| c.set(true))) {
+        match Loop::spawn("netev-io") {
             Ok(l) => loops.push(l),
             Err(e) => {
                 for l in loops {

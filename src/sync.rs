@@ -11,7 +11,7 @@
 //! Log lines written while a lock is held are kept on the thread and written
 //! when its last lock is released (see `log::write`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,6 +20,30 @@ use std::time::Duration;
 thread_local! {
     /// netev locks this thread holds right now.
     static HELD: Cell<u32> = const { Cell::new(0) };
+    /// What must wait until this thread holds no lock (log lines).
+    static DEFERRED: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` once this thread holds no netev lock: now if it holds none.
+/// For work that may call the host (a log line), requested under a lock.
+pub fn when_unlocked(f: impl FnOnce() + 'static) {
+    if holding_a_lock() {
+        DEFERRED.with(|d| d.borrow_mut().push(Box::new(f)));
+    } else {
+        f();
+    }
+}
+
+fn run_deferred() {
+    loop {
+        let work = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if work.is_empty() {
+            return;
+        }
+        for f in work {
+            f();
+        }
+    }
 }
 
 /// True while this thread holds a netev lock.
@@ -46,7 +70,7 @@ impl Drop for Held {
             n
         });
         if left == 0 {
-            crate::log::write_deferred();
+            run_deferred();
         }
     }
 }
