@@ -61,13 +61,24 @@ pub struct Ready {
 const WAKER: Token = Token(usize::MAX);
 
 thread_local! {
-    static ON_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The loop this thread runs, on netev's I/O threads.
+    static CURRENT: std::cell::RefCell<Option<Arc<LoopHandle>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// True on netev's I/O threads, where blocking would stall the I/O that
 /// the blocked call is waiting for.
 pub fn on_loop_thread() -> bool {
-    ON_LOOP.with(|c| c.get())
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
+/// The loop running on this thread, if it is one of netev's.
+pub fn current() -> Option<Arc<LoopHandle>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+fn is_current(h: &LoopHandle) -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|c| std::ptr::eq(&**c, h)))
 }
 
 /// Requests from other threads, and from callbacks on this one.
@@ -90,8 +101,10 @@ impl LoopHandle {
     fn push(&self, f: impl FnOnce(&mut Inbox)) {
         let mut inbox = self.inbox.lock();
         f(&mut inbox);
-        let wake = !inbox.woken;
-        inbox.woken = true;
+        // On the loop's own thread no wake is needed: it looks at its inbox
+        // before it polls again.
+        let wake = !inbox.woken && !is_current(self);
+        inbox.woken |= wake;
         drop(inbox);
         if wake {
             // A failed wake leaves the request queued; the loop finds it
@@ -214,8 +227,9 @@ impl Loop {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                ON_LOOP.with(|c| c.set(true));
+                CURRENT.with(|c| *c.borrow_mut() = Some(h.clone()));
                 run(poll, &h);
+                CURRENT.with(|c| c.borrow_mut().take());
             })?;
         Ok(Loop {
             handle,
@@ -246,7 +260,11 @@ fn run(mut poll: Poll, handle: &Arc<LoopHandle>) {
     let mut seq = 0u64;
     let mut inbox = Inbox::default();
     loop {
-        let timeout = if !again.is_empty() {
+        let queued_here = {
+            let i = handle.inbox.lock();
+            !i.add.is_empty() || !i.service.is_empty() || i.stop
+        };
+        let timeout = if !again.is_empty() || queued_here {
             Some(Duration::ZERO)
         } else {
             timers

@@ -10,8 +10,9 @@ use crate::log::log;
 use crate::registry::{self, Registered, netev_dispatcher, netev_listener};
 use crate::runtime;
 use crate::sync::{Guard, Mutex, call_host};
+use mio::net::{TcpListener, TcpStream};
 use std::ffi::{CString, c_char, c_void};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -255,6 +256,7 @@ impl Listener {
     ) -> Result<Arc<Listener>> {
         let rt = runtime::opening()?;
         let socket = bind(port, &cfg)
+            .map(TcpListener::from_std)
             .map_err(|e| Error::io(&e, &format!("cannot listen on port {port}")))?;
         let port = socket.local_addr().map(|a| a.port()).unwrap_or(port);
         if let Some(d) = &cfg.dispatcher {
@@ -557,9 +559,8 @@ impl Source for Listener {
                         st.pending += 1;
                     }
                     drop(st);
-                    if stream.set_nonblocking(true).is_ok() {
-                        self.incoming(stream, peer);
-                    }
+                    // accept4(SOCK_NONBLOCK | SOCK_CLOEXEC): ready as it is.
+                    self.incoming(stream, peer);
                     st = self.lock();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,

@@ -121,8 +121,14 @@ pub struct Opening {
 }
 
 impl Opening {
-    /// The loop the next object goes to: each in turn.
+    /// The loop the next object goes to: the caller's own when it runs on
+    /// one (an accepted connection stays with its listener, a connection
+    /// opened in a callback with the connection that opened it: no hand-off
+    /// between threads), otherwise each in turn.
     pub fn next_loop(&self) -> Arc<LoopHandle> {
+        if let Some(current) = crate::io_loop::current() {
+            return current;
+        }
         let s = &self.shared;
         let i = s.next.fetch_add(1, Ordering::Relaxed) % s.loops.len();
         s.loops[i].clone()

@@ -520,11 +520,10 @@ impl Connection {
             cx.remove(st.drive.key);
             st.drive.socket.take()
         };
-        if let Some(s) = &socket {
-            cx.deregister(s.as_raw_fd());
-        }
         {
-            // Closed under the lock: a host thread holding it may be writing.
+            // Closed under the lock: a host thread holding it may be
+            // writing. Closing takes it out of the loop's poll too (no other
+            // descriptor refers to the socket), so no deregister call.
             let _st = self.lock();
             drop(socket);
         }

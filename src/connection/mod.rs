@@ -401,11 +401,11 @@ impl Connection {
     /// Starts an incoming connection with the options its host chose.
     pub(crate) fn accept(
         self: &Arc<Self>,
-        stream: std::net::TcpStream,
+        stream: mio::net::TcpStream,
         cfg: Arc<Config>,
         rt: &runtime::Opening,
     ) {
-        self.start(rt, cfg, Some(mio::net::TcpStream::from_std(stream)));
+        self.start(rt, cfg, Some(stream));
     }
 
     /// Ends an incoming connection that never started (rejected, or its
