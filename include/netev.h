@@ -467,7 +467,9 @@ enum netev_status netev_connection_open(const char *address,
  * queued before it (from any thread). Bytes sent before the connection is
  * established go out once it is. `data` may be NULL when `len` is 0.
  * Memory stays bounded by the limit (plus under 200 KiB of slack) whatever
- * the pattern: written bytes are freed as the socket takes them.
+ * the pattern: written bytes are freed as the socket takes them. One send
+ * into an empty queue is taken whole, whatever its size (so no message is
+ * refused forever): bound what a single call sends if that matters.
  *
  * `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
  * in the errors list) without touching `data`.
@@ -494,13 +496,16 @@ enum netev_status netev_connection_shutdown(netev_connection conn);
  * 0: only run what is ready). If the connection has a dispatcher, its
  * queued callbacks run on the calling thread meanwhile; the deadline is
  * checked between them (a callback already running finishes, none starts
- * after the deadline), so a busy peer never stretches the wait.
+ * after the deadline), so a busy peer never stretches the wait. With 0 it
+ * runs the callbacks ready when it is called (one per object bound to the
+ * dispatcher, in the order they came) and returns without waiting.
  *
  * Returns NETEV_OK, NETEV_ERR_TIMEOUT, NETEV_ERR_INVALID_ARGUMENT (NaN),
  * NETEV_ERR_INVALID_HANDLE, or NETEV_ERR_WOULD_DEADLOCK at once when
  * called where it could stall: inside a callback on a netev I/O thread
- * (with a timeout other than 0, or on a dispatcher-bound connection), or
- * inside a callback of the dispatcher it would have to run.
+ * (with a timeout other than 0, or on a dispatcher-bound connection),
+ * inside a callback of the dispatcher it would have to run, or inside the
+ * listener's accept callback that is offering this very connection.
  */
 enum netev_status netev_connection_wait(netev_connection conn, double timeout_seconds);
 
@@ -678,10 +683,12 @@ enum netev_status netev_dispatcher_create(netev_dispatcher *out);
  * what arrives meanwhile waits for the next run. Another thread running
  * the same dispatcher makes this one wait its turn, so one object's
  * callbacks never overlap.
- * Returns NETEV_ERR_INVALID_HANDLE, NETEV_ERR_INVALID_ARGUMENT (NaN),
- * NETEV_ERR_WOULD_DEADLOCK when called inside one of its own callbacks or
- * on a netev I/O thread (a dispatcher's callbacks belong on the host's
- * threads, and netev's must stay free for I/O).
+ * Returns NETEV_ERR_INVALID_HANDLE (also when the dispatcher is released,
+ * by another thread, while this call waits: it returns at once),
+ * NETEV_ERR_INVALID_ARGUMENT (NaN), NETEV_ERR_WOULD_DEADLOCK when called
+ * inside one of its own callbacks or on a netev I/O thread (a dispatcher's
+ * callbacks belong on the host's threads, and netev's must stay free for
+ * I/O).
  */
 enum netev_status netev_dispatcher_run(netev_dispatcher d, double timeout_seconds, size_t *ran);
 
@@ -742,7 +749,9 @@ enum netev_status netev_runtime_init(const struct netev_runtime_options *options
  * dispatcher-bound ones, when the host runs or releases the dispatcher.
  * Call it again (it waits for what is left, then stops the threads)
  * before freeing what those callbacks use. Handles stay valid until
- * released; after NETEV_OK, a later open starts a fresh runtime. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+ * released; after NETEV_OK, a later open starts a fresh runtime. Returns
+ * NETEV_ERR_WOULD_DEADLOCK inside any callback (the log callback and
+ * `user_data_free` included: it waits for every callback to return),
  * NETEV_ERR_INVALID_ARGUMENT (NaN).
  */
 enum netev_status netev_runtime_shutdown(double timeout_seconds);

@@ -318,6 +318,12 @@ impl Dispatcher {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
+            if q.retired {
+                return Err(Error::handle(
+                    self.id,
+                    "dispatcher (released while this ran)",
+                ));
+            }
             if !q.running && !q.jobs.is_empty() {
                 return Ok(self.run_batch(q, None));
             }
@@ -427,6 +433,8 @@ impl Dispatcher {
         }
         let mut q = self.lock();
         q.retired = true;
+        // A thread blocked in `run` learns the dispatcher is gone.
+        self.notify(&q);
         if q.running {
             // The thread running it (maybe this one, further up) runs the
             // rest when its current callback returns.

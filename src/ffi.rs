@@ -216,7 +216,9 @@ pub extern "C" fn netev_connection_open(
 /// queued before it (from any thread). Bytes sent before the connection is
 /// established go out once it is. `data` may be NULL when `len` is 0.
 /// Memory stays bounded by the limit (plus under 200 KiB of slack) whatever
-/// the pattern: written bytes are freed as the socket takes them.
+/// the pattern: written bytes are freed as the socket takes them. One send
+/// into an empty queue is taken whole, whatever its size (so no message is
+/// refused forever): bound what a single call sends if that matters.
 ///
 /// `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
 /// in the errors list) without touching `data`.
@@ -260,13 +262,16 @@ pub extern "C" fn netev_connection_shutdown(conn: netev_connection) -> netev_sta
 /// 0: only run what is ready). If the connection has a dispatcher, its
 /// queued callbacks run on the calling thread meanwhile; the deadline is
 /// checked between them (a callback already running finishes, none starts
-/// after the deadline), so a busy peer never stretches the wait.
+/// after the deadline), so a busy peer never stretches the wait. With 0 it
+/// runs the callbacks ready when it is called (one per object bound to the
+/// dispatcher, in the order they came) and returns without waiting.
 ///
 /// Returns NETEV_OK, NETEV_ERR_TIMEOUT, NETEV_ERR_INVALID_ARGUMENT (NaN),
 /// NETEV_ERR_INVALID_HANDLE, or NETEV_ERR_WOULD_DEADLOCK at once when
 /// called where it could stall: inside a callback on a netev I/O thread
-/// (with a timeout other than 0, or on a dispatcher-bound connection), or
-/// inside a callback of the dispatcher it would have to run.
+/// (with a timeout other than 0, or on a dispatcher-bound connection),
+/// inside a callback of the dispatcher it would have to run, or inside the
+/// listener's accept callback that is offering this very connection.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_wait(
     conn: netev_connection,
@@ -572,10 +577,12 @@ pub extern "C" fn netev_dispatcher_create(out: *mut netev_dispatcher) -> netev_s
 /// what arrives meanwhile waits for the next run. Another thread running
 /// the same dispatcher makes this one wait its turn, so one object's
 /// callbacks never overlap.
-/// Returns NETEV_ERR_INVALID_HANDLE, NETEV_ERR_INVALID_ARGUMENT (NaN),
-/// NETEV_ERR_WOULD_DEADLOCK when called inside one of its own callbacks or
-/// on a netev I/O thread (a dispatcher's callbacks belong on the host's
-/// threads, and netev's must stay free for I/O).
+/// Returns NETEV_ERR_INVALID_HANDLE (also when the dispatcher is released,
+/// by another thread, while this call waits: it returns at once),
+/// NETEV_ERR_INVALID_ARGUMENT (NaN), NETEV_ERR_WOULD_DEADLOCK when called
+/// inside one of its own callbacks or on a netev I/O thread (a dispatcher's
+/// callbacks belong on the host's threads, and netev's must stay free for
+/// I/O).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_dispatcher_run(
     d: netev_dispatcher,
@@ -661,7 +668,9 @@ pub extern "C" fn netev_runtime_init(options: *const netev_runtime_options) -> n
 /// dispatcher-bound ones, when the host runs or releases the dispatcher.
 /// Call it again (it waits for what is left, then stops the threads)
 /// before freeing what those callbacks use. Handles stay valid until
-/// released; after NETEV_OK, a later open starts a fresh runtime. Returns NETEV_ERR_WOULD_DEADLOCK inside a callback,
+/// released; after NETEV_OK, a later open starts a fresh runtime. Returns
+/// NETEV_ERR_WOULD_DEADLOCK inside any callback (the log callback and
+/// `user_data_free` included: it waits for every callback to return),
 /// NETEV_ERR_INVALID_ARGUMENT (NaN).
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_runtime_shutdown(timeout_seconds: f64) -> netev_status {

@@ -394,10 +394,12 @@ impl Listener {
             Some(cb) => {
                 let mut ev = netev_event::new(EventType::NETEV_EVENT_CONNECTION, id, &remote);
                 ev.connection = id;
-                call_host(|| {
-                    // SAFETY: the host registered `cb` for incoming
-                    // connections; `ev` and `options` live until it returns.
-                    unsafe { cb(self.id, &ev, self.cfg.user_data.0, &mut options) }
+                crate::connection::deciding(id, || {
+                    call_host(|| {
+                        // SAFETY: the host registered `cb` for incoming
+                        // connections; `ev` and `options` live until it returns.
+                        unsafe { cb(self.id, &ev, self.cfg.user_data.0, &mut options) }
+                    })
                 })
                 .unwrap_or(false)
             }

@@ -278,10 +278,11 @@ pub fn shutdown(timeout: Option<Duration>) -> Result<()> {
             "netev_runtime_shutdown called on a netev I/O thread (inside a callback)",
         ));
     }
-    if crate::dispatch::running_on_this_thread() {
+    if crate::dispatch::running_on_this_thread() || crate::sync::in_host_call() {
         return Err(Error::new(
             Status::NETEV_ERR_WOULD_DEADLOCK,
-            "netev_runtime_shutdown called inside a dispatcher callback",
+            "netev_runtime_shutdown called inside a callback: it waits for every \
+             callback to return, this one included",
         ));
     }
     let deadline = timeout.map(|t| Instant::now() + t);

@@ -20,6 +20,9 @@ use std::time::Duration;
 thread_local! {
     /// netev locks this thread holds right now.
     static HELD: Cell<u32> = const { Cell::new(0) };
+    /// Host calls running on this thread (nested when a callback calls
+    /// netev, which calls the host again).
+    static IN_HOST: Cell<u32> = const { Cell::new(0) };
     /// What must wait until this thread holds no lock (log lines).
     static DEFERRED: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
 }
@@ -186,7 +189,16 @@ pub fn call_host<R>(f: impl FnOnce() -> R) -> Option<R> {
         );
         std::process::abort();
     }
-    contain(f)
+    IN_HOST.with(|c| c.set(c.get() + 1));
+    let r = contain(f);
+    IN_HOST.with(|c| c.set(c.get() - 1));
+    r
+}
+
+/// True inside a callback (of any kind, the log callback included) on this
+/// thread.
+pub fn in_host_call() -> bool {
+    IN_HOST.with(|c| c.get() > 0)
 }
 
 #[cfg(test)]

@@ -32,6 +32,17 @@ enum Pending {
 }
 
 impl Connection {
+    /// Turns an ERROR still waiting in the outbox into CLOSE (see `close_now`).
+    pub(super) fn error_becomes_close(&self) {
+        let mut out = self.outbox.lock();
+        for p in out.events.iter_mut() {
+            if let Pending::Event(ty @ EventType::NETEV_EVENT_ERROR, error, _) = p {
+                *ty = EventType::NETEV_EVENT_CLOSE;
+                *error = None;
+            }
+        }
+    }
+
     /// Delivers one event: at once on this thread, or through the outbox to
     /// the dispatcher's thread. `data` is copied only when it must outlive
     /// this call.

@@ -204,6 +204,14 @@ pub struct Config {
 
 impl Config {
     pub fn from_options(o: &netev_connection_options) -> Result<Config> {
+        if (o.size as usize) < std::mem::size_of::<netev_connection_options>() {
+            return Err(Error::invalid(format!(
+                "connection options size is {}, below {}: initialise them with \
+                 netev_connection_options_init",
+                o.size,
+                std::mem::size_of::<netev_connection_options>()
+            )));
+        }
         let dispatcher = match o.dispatcher {
             0 => None,
             id => Some(Dispatcher::get(id)?),
@@ -341,6 +349,17 @@ thread_local! {
     static READ_BUF: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
     /// The connection whose callback runs on this thread (see `current`).
     static CURRENT: Cell<*const Connection> = const { Cell::new(std::ptr::null()) };
+    /// The incoming connection whose accept callback runs on this thread.
+    static DECIDING: Cell<netev_connection> = const { Cell::new(0) };
+}
+
+/// Runs `f` (the accept callback offering connection `id`) marked as such:
+/// a wait on `id` inside it could never end.
+pub(crate) fn deciding<R>(id: netev_connection, f: impl FnOnce() -> R) -> R {
+    let outer = DECIDING.replace(id);
+    let r = f();
+    DECIDING.set(outer);
+    r
 }
 
 static DEFAULT_CONFIG: LazyLock<Config> = LazyLock::new(Config::default);
@@ -559,7 +578,12 @@ impl Connection {
                     limit
                 ),
             );
-            return Err(self.refuse(&mut st, e));
+            let e = self.refuse(&mut st, e);
+            if queued <= limit / 2 {
+                // Already low: the DRAIN is due now, not at the next write.
+                self.kick(st);
+            }
+            return Err(e);
         }
         if data.is_empty() {
             return Ok(());
@@ -611,6 +635,14 @@ impl Connection {
     /// TERMINATE follow (unless it had already ended).
     pub fn close_now(&self) {
         let mut st = self.lock();
+        if st.finished && !st.close_requested && !st.terminating {
+            // It failed, but the host has not been told yet (the ERROR waits
+            // for its dispatcher): the host asked to close, so it sees CLOSE.
+            st.close_requested = true;
+            drop(st);
+            self.error_becomes_close();
+            return;
+        }
         if st.finished || st.close_requested {
             return;
         }
@@ -644,6 +676,13 @@ impl Connection {
         let timed_out = || Error::new(Status::NETEV_ERR_TIMEOUT, "the wait timed out");
         if self.wait_done() {
             return Ok(());
+        }
+        if DECIDING.get() == self.id && timeout != Some(Duration::ZERO) {
+            return Err(Error::new(
+                Status::NETEV_ERR_WOULD_DEADLOCK,
+                "netev_connection_wait inside the accept callback offering this connection: \
+                 it cannot start before that callback returns",
+            ));
         }
         if let Some(d) = &self.cfg().dispatcher {
             return match d.run_until(timeout, &|| self.wait_done())? {
