@@ -193,6 +193,7 @@ c_tests!(
     wait_deadline_under_flood,
     shutdown_waits_terminate,
     shutdown_races,
+    review_findings,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );
