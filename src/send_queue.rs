@@ -2,7 +2,7 @@
 //!
 //! A list of chunks, not one growing buffer: written chunks are freed as
 //! soon as the socket took them, so the memory held follows the bytes
-//! queued now (plus at most three chunks of slack) whatever the pattern,
+//! queued now (plus at most two chunks of slack) whatever the pattern,
 //! also when the queue never empties because the host refills it on each
 //! DRAIN. Each byte is copied once, on the way in.
 
@@ -22,9 +22,6 @@ pub struct SendQueue {
     /// Bytes of the first chunk already written.
     head_written: usize,
     len: usize,
-    /// One written chunk kept for the next bytes while streaming; freed
-    /// with the rest when the queue empties.
-    spare: Option<Vec<u8>>,
 }
 
 impl SendQueue {
@@ -47,10 +44,7 @@ impl SendQueue {
         }
         while !data.is_empty() {
             let want = data.len().clamp(MIN_CHUNK, CHUNK);
-            let mut chunk = match self.spare.take() {
-                Some(c) if c.capacity() >= want => c,
-                _ => Vec::with_capacity(want),
-            };
+            let mut chunk = Vec::with_capacity(want);
             let n = chunk.capacity().min(data.len());
             chunk.extend_from_slice(&data[..n]);
             data = &data[n..];
@@ -89,13 +83,7 @@ impl SendQueue {
             }
             n -= left;
             self.head_written = 0;
-            if let Some(mut done) = self.chunks.pop_front()
-                && done.capacity() == CHUNK
-                && self.spare.is_none()
-            {
-                done.clear();
-                self.spare = Some(done);
-            }
+            self.chunks.pop_front();
         }
     }
 
@@ -108,7 +96,6 @@ impl SendQueue {
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.chunks.iter().map(Vec::capacity).sum::<usize>()
-            + self.spare.as_ref().map_or(0, Vec::capacity)
     }
 }
 
@@ -167,7 +154,7 @@ mod tests {
             worst = worst.max(q.capacity());
         }
         assert!(
-            worst <= limit + 3 * CHUNK,
+            worst <= limit + 2 * CHUNK,
             "{worst} bytes held for a limit of {limit}"
         );
     }

@@ -294,7 +294,7 @@ struct State {
     terminated: bool,
     host_refs: u32,
     /// Threads blocked in `wait` (immediate mode).
-    waiters: usize,
+    waiters: u32,
     last_write: Option<Instant>,
     /// Allocated on the first error: most connections never have one.
     errors: Option<Box<ErrorList>>,
@@ -309,7 +309,8 @@ impl State {
 /// One TCP connection: a client one from `open`, or (later) an accepted one.
 pub struct Connection {
     pub id: netev_connection,
-    address: String,
+    /// As given to open; for an accepted connection, the peer's IP.
+    address: Box<str>,
     port: u16,
     listener: netev_listener,
     /// Set when the connection starts: an accepted connection exists (its
@@ -394,7 +395,7 @@ impl Connection {
         }
         let rt = runtime::opening()?;
         let id = registry::next_id();
-        let conn = Connection::new(id, address.to_owned(), port, 0, 1);
+        let conn = Connection::new(id, address.into(), port, 0, 1);
         log!("connection", id, "open {address} port {port}");
         conn.register();
         publish(id);
@@ -411,7 +412,7 @@ impl Connection {
         listener: netev_listener,
     ) -> Arc<Connection> {
         let remote = Remote::new(peer);
-        let conn = Connection::new(id, remote.ip_string(), peer.port(), listener, 0);
+        let conn = Connection::new(id, remote.ip_string().into(), peer.port(), listener, 0);
         let _ = conn.remote.set(remote);
         conn.register();
         conn
@@ -514,7 +515,7 @@ impl Connection {
 
     fn new(
         id: netev_connection,
-        address: String,
+        address: Box<str>,
         port: u16,
         listener: u64,
         host_refs: u32,
@@ -852,6 +853,6 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Connection>();
-        assert!(size <= 448, "a connection is {size} bytes");
+        assert!(size <= 384, "a connection is {size} bytes");
     }
 }
