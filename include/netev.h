@@ -620,7 +620,10 @@ enum netev_status netev_listener_options_init(struct netev_listener_options *opt
  *
  * Each incoming connection is offered to `on_connection` (on netev's I/O
  * threads, or the dispatcher's thread); an accepted connection is owned
- * by netev until its TERMINATE returns, unless retained.
+ * by netev until its TERMINATE returns, unless retained. The connections
+ * a listener accepts are driven by the same netev I/O thread as the
+ * listener (no hand-off between threads, as in libuv); to spread a server
+ * over several threads, open one listener per thread with `reuse_port`.
  *
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (bad
  * `bind_address`, bad `connection_defaults`, `size` not set),
