@@ -98,7 +98,14 @@ impl Remote {
             ip: [0; NETEV_IP_TEXT_LEN],
             port: addr.port(),
         };
-        crate::error::copy_cstr(&mut r.ip, &ip.to_string());
+        // Formatted on the stack: an accept costs no allocation for it.
+        let mut text = [0u8; NETEV_IP_TEXT_LEN];
+        let mut w = &mut text[..];
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("{ip}"));
+        let len = NETEV_IP_TEXT_LEN - w.len();
+        for (d, s) in r.ip.iter_mut().zip(&text[..len.min(NETEV_IP_TEXT_LEN - 1)]) {
+            *d = *s as c_char;
+        }
         r
     }
 

@@ -25,6 +25,8 @@ thread_local! {
     static IN_HOST: Cell<u32> = const { Cell::new(0) };
     /// What must wait until this thread holds no lock (log lines).
     static DEFERRED: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
+    /// DEFERRED holds something: the common release skips it.
+    static ANY_DEFERRED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` once this thread holds no netev lock: now if it holds none.
@@ -32,12 +34,16 @@ thread_local! {
 pub fn when_unlocked(f: impl FnOnce() + 'static) {
     if holding_a_lock() {
         DEFERRED.with(|d| d.borrow_mut().push(Box::new(f)));
+        ANY_DEFERRED.with(|a| a.set(true));
     } else {
         f();
     }
 }
 
 fn run_deferred() {
+    if !ANY_DEFERRED.with(|a| a.replace(false)) {
+        return;
+    }
     loop {
         let work = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
         if work.is_empty() {
