@@ -697,7 +697,8 @@ enum netev_status netev_dispatcher_run(netev_dispatcher d, double timeout_second
 
 /**
  * Stores in `*fd` a descriptor that is readable while callbacks are
- * queued: add it to poll/epoll/select, libuv or GLib and call
+ * queued (and while a run is under way: it is cleared when a run ends with
+ * nothing left): add it to poll/epoll/select, libuv or GLib and call
  * `netev_dispatcher_run` when it fires. netev owns it: never read,
  * write or close it. Valid until the dispatcher is released.
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.

@@ -257,7 +257,9 @@ impl Dispatcher {
     fn run_batch<'a>(&'a self, mut q: Guard<'a, Queue>, until: Option<Until<'_>>) -> usize {
         let batch = q.jobs.len();
         q.running = true;
-        self.set_signal(&mut q, false);
+        // The eventfd stays readable while this runs and is cleared at the
+        // end if nothing is left: a host that keeps getting events pays one
+        // read() per idle moment, not a read and a write per batch.
         drop(q);
         let running = Running::enter(self.id);
         let mut ran = 0;
@@ -283,9 +285,8 @@ impl Dispatcher {
             return ran;
         }
         q.running = false;
-        if !q.jobs.is_empty() {
-            self.set_signal(&mut q, true);
-        }
+        let waiting = !q.jobs.is_empty();
+        self.set_signal(&mut q, waiting);
         self.notify(&q);
         ran
     }
