@@ -32,40 +32,14 @@
  * asserted under ASan/valgrind, NETEV_TEST_TIME_FACTOR > 1, where the RSS
  * says more about the tool). */
 #include "common_b.h"
+#include "common_mem.h"
 #include "common_listener.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <stdatomic.h>
 
-/* ---- the pattern, fast: pattern_byte(i) repeats every 251 * 256 bytes, so
- * one period plus the longest run serves any offset with a pointer ---------- */
-
-#define PAT_PERIOD ((size_t)251 * 256)
-#define PAT_RUN ((size_t)64 * 1024) /* longest run pat_at serves */
 #define PAT_MIB ((size_t)1024 * 1024)
-
-static unsigned char pat_table[PAT_PERIOD + PAT_RUN];
-
-static void pat_init(void) {
-  fill_pattern(pat_table, sizeof pat_table, 0);
-  for (size_t i = 0; i < PAT_RUN; i++) CHECK(pat_table[PAT_PERIOD + i] == pattern_byte(i));
-}
-
-/* The pattern bytes from stream offset `off` on; at most PAT_RUN of them. */
-static const unsigned char *pat_at(size_t off) { return pat_table + off % PAT_PERIOD; }
-
-/* Index of the first byte of b[0..n) off the pattern at stream offset `off`, or n. */
-static size_t pat_mismatch(const unsigned char *b, size_t n, size_t off) {
-  for (size_t done = 0; done < n;) {
-    size_t k = n - done < PAT_RUN ? n - done : PAT_RUN;
-    if (memcmp(b + done, pat_at(off + done), k) != 0)
-      for (size_t i = 0; i < k; i++)
-        if (b[done + i] != pattern_byte(off + done + i)) return done + i;
-    done += k;
-  }
-  return n;
-}
 
 #define MAX_CONNS 16384
 #define MAX_HANDLES 32768
@@ -166,7 +140,7 @@ static void flood_conn_cb(cstate *s, netev_connection c, const netev_event *e) {
   if (e->type == NETEV_EVENT_DATA && e->data_len > 0) {
     size_t got = atomic_load(&s->got);
     if (atomic_load(&s->bad_at) == SIZE_MAX) {
-      size_t i = e->data ? pat_mismatch(e->data, e->data_len, got) : 0;
+      size_t i = e->data ? pattern_mismatch(e->data, e->data_len, got) : 0;
       if (i < e->data_len) atomic_store(&s->bad_at, got + i);
     }
     atomic_store(&s->got, got + e->data_len);
@@ -685,7 +659,7 @@ static void *flood_main(void *arg) {
     }
     if (p.revents & (POLLERR | POLLHUP)) break;
     if (p.revents & POLLOUT) {
-      ssize_t w = send(fd, pat_at(off), PAT_RUN, MSG_DONTWAIT | MSG_NOSIGNAL);
+      ssize_t w = send(fd, pattern_at(off), PATTERN_RUN_MAX, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (w > 0) {
         off += (size_t)w;
         atomic_store(&fl.written, off);
@@ -882,7 +856,7 @@ int main(void) {
   g_seed = seed;
   watchdog((unsigned)(120 + steps / 50));
   raise_nofile();
-  pat_init();
+  pattern_table_init();
 
   netev_listener_options lo;
   CHECK_OK(netev_listener_options_init(&lo));

@@ -17,39 +17,13 @@
  * remaining callbacks run; its connection gets one TERMINATE) and
  * netev_runtime_shutdown(10) returns NETEV_OK. */
 #include "common_b.h"
+#include "common_mem.h"
 #include "common_listener.h"
 
 #include <inttypes.h>
 #include <stdatomic.h>
 
-/* ---- the pattern, fast: pattern_byte(i) repeats every 251 * 256 bytes, so
- * one period plus the longest run serves any offset with a pointer ---------- */
-
-#define PAT_PERIOD ((size_t)251 * 256)
-#define PAT_RUN ((size_t)64 * 1024) /* longest run pat_at serves */
 #define PAT_MIB ((size_t)1024 * 1024)
-
-static unsigned char pat_table[PAT_PERIOD + PAT_RUN];
-
-static void pat_init(void) {
-  fill_pattern(pat_table, sizeof pat_table, 0);
-  for (size_t i = 0; i < PAT_RUN; i++) CHECK(pat_table[PAT_PERIOD + i] == pattern_byte(i));
-}
-
-/* The pattern bytes from stream offset `off` on; at most PAT_RUN of them. */
-static const unsigned char *pat_at(size_t off) { return pat_table + off % PAT_PERIOD; }
-
-/* Index of the first byte of b[0..n) off the pattern at stream offset `off`, or n. */
-static size_t pat_mismatch(const unsigned char *b, size_t n, size_t off) {
-  for (size_t done = 0; done < n;) {
-    size_t k = n - done < PAT_RUN ? n - done : PAT_RUN;
-    if (memcmp(b + done, pat_at(off + done), k) != 0)
-      for (size_t i = 0; i < k; i++)
-        if (b[done + i] != pattern_byte(off + done + i)) return done + i;
-    done += k;
-  }
-  return n;
-}
 
 
 /* ---- a slow reader peer that checks every byte ------------------------------ */
@@ -91,7 +65,7 @@ static void *slow_reader_main(void *arg) {
       break;
     }
     if (bad_at == SIZE_MAX) {
-      size_t i = pat_mismatch(p->buf, (size_t)n, off);
+      size_t i = pattern_mismatch(p->buf, (size_t)n, off);
       if (i < (size_t)n) bad_at = off + i;
     }
     off += (size_t)n;
@@ -259,7 +233,7 @@ static void send_payload(echo_client *x, netev_connection c) {
   int parts = 1 + (int)(x->off0 % 3);
   for (int i = 0; i < parts; i++) {
     size_t k = i == parts - 1 ? x->len - sent : x->len / (size_t)parts;
-    netev_status st = netev_connection_send(c, pat_at(x->off0 + sent), k);
+    netev_status st = netev_connection_send(c, pattern_at(x->off0 + sent), k);
     if (st != NETEV_OK) {
       pthread_mutex_lock(&churn_mu);
       if (!x->send_failed++) x->send_status = st;
@@ -288,7 +262,7 @@ static void client_cb(netev_connection c, const netev_event *e, void *ud) {
       if (x->got + e->data_len > x->len) {
         x->bad_at = x->len; /* more than was sent */
       } else {
-        size_t i = pat_mismatch(e->data, e->data_len, x->off0 + x->got);
+        size_t i = pattern_mismatch(e->data, e->data_len, x->off0 + x->got);
         if (i < e->data_len) x->bad_at = x->got + i;
       }
     }
@@ -507,7 +481,7 @@ static void *stream_main(void *arg) {
   (void)arg;
   if (!stream_wait(&ss.connected, 1, 20)) FAIL("stream: no CONNECTION (ERROR %d)", ss.errors);
   while (!atomic_load(&stop_all)) {
-    netev_status st = netev_connection_send(stream_conn, pat_at(stream_sent), PAT_RUN);
+    netev_status st = netev_connection_send(stream_conn, pattern_at(stream_sent), PATTERN_RUN_MAX);
     if (st == NETEV_ERR_BUFFER_FULL) {
       stream_refusals++;
       if (!stream_wait(&ss.drains, stream_refusals, 60))
@@ -515,7 +489,7 @@ static void *stream_main(void *arg) {
              stream_sent, slow_reader_got(&reader), ss.errors, netev_status_name((int32_t)ss.error));
     } else {
       CHECK_STATUS(st, NETEV_OK);
-      stream_sent += PAT_RUN;
+      stream_sent += PATTERN_RUN_MAX;
     }
   }
   CHECK_OK(netev_connection_shutdown(stream_conn));
@@ -550,7 +524,7 @@ static void flood_cb(netev_connection c, const netev_event *e, void *ud) {
   case NETEV_EVENT_CONNECTION: fc.connected++; break;
   case NETEV_EVENT_DATA:
     if (fc.bad_at == SIZE_MAX) {
-      size_t i = pat_mismatch(e->data, e->data_len, fc.got);
+      size_t i = pattern_mismatch(e->data, e->data_len, fc.got);
       if (i < e->data_len) fc.bad_at = fc.got + i;
     }
     fc.got += e->data_len;
@@ -594,7 +568,7 @@ static void *flood_main(void *arg) {
     int k = poll(&p, 1, 50);
     if (k <= 0) continue;
     if (p.revents & (POLLERR | POLLHUP)) break;
-    ssize_t w = send(fd, pat_at(off), PAT_RUN, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t w = send(fd, pattern_at(off), PATTERN_RUN_MAX, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w > 0) {
       off += (size_t)w;
       atomic_store(&flood_written, off);
@@ -628,7 +602,7 @@ int main(void) {
           duration);
   watchdog((unsigned)(duration + 240));
   raise_nofile();
-  pat_init();
+  pattern_table_init();
 
   /* the echo server */
   netev_listener_options lo;
