@@ -100,8 +100,24 @@ static int open_socket(int nonblock) {
   return fd;
 }
 
-static int connect_blocking(void) {
+/* Loopback connections from one source address soon fill the ephemeral
+ * port range with TIME_WAIT sockets, and connect() then spends its time
+ * searching for a free port. Spreading the source over 127.0.0.2-201 keeps
+ * that search short (the port is still picked at connect time). */
+static void spread_source(int fd, uint64_t n) {
+  if ((ntohl(target.sin_addr.s_addr) >> 24) != 127) return;
+  int one = 1;
+  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(n % 200))};
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) die("bind 127.0.0.x: %s", strerror(errno));
+}
+
+/* A blocking connect; the `n`th one of a run picks its source address with
+ * spread_source, so a run can hold more connections than one address has
+ * ephemeral ports. */
+static int connect_blocking(uint64_t n) {
   int fd = open_socket(0);
+  spread_source(fd, n);
   for (int tries = 0;; tries++) {
     if (connect(fd, (struct sockaddr *)&target, sizeof target) == 0) break;
     if (errno == EINTR) continue;
@@ -224,7 +240,7 @@ static int run_streams(void) {
   conns = calloc((size_t)nconns, sizeof *conns);
   for (int i = 0; i < nconns; i++) {
     conn *c = &conns[i];
-    c->fd = connect_blocking();
+    c->fd = connect_blocking((uint64_t)i);
     set_nonblock(c->fd);
     c->seed = (uint32_t)i * 4099u + 17u;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
@@ -292,18 +308,6 @@ static int run_streams(void) {
 }
 
 /* ---- connect: connect, 1 byte each way, close, K at a time ---- */
-
-/* Loopback connections from one source address soon fill the ephemeral
- * port range with TIME_WAIT sockets, and connect() then spends its time
- * searching for a free port. Spreading the source over 127.0.0.2-201 keeps
- * that search short (the port is still picked at connect time). */
-static void spread_source(int fd, uint64_t n) {
-  if ((ntohl(target.sin_addr.s_addr) >> 24) != 127) return;
-  int one = 1;
-  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(n % 200))};
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) die("bind 127.0.0.x: %s", strerror(errno));
-}
 
 typedef struct {
   int fd, state; /* 0 connecting, 1 waiting for the byte */
@@ -395,7 +399,7 @@ static int run_idle(void) {
   for (int base = 0; base < nconns; base += batch) {
     int end = base + batch < nconns ? base + batch : nconns;
     for (int i = base; i < end; i++) {
-      fds[i] = connect_blocking();
+      fds[i] = connect_blocking((uint64_t)i);
       uint8_t b = (uint8_t)(i * 37 + 1);
       if (write(fds[i], &b, 1) != 1) die("write: %s", strerror(errno));
     }
