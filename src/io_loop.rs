@@ -49,7 +49,6 @@ pub struct Ready {
     /// The poll reported this (edge-triggered): once the socket runs dry a
     /// new edge comes with more. Otherwise nothing says how much is there.
     pub polled: bool,
-    pub readable: bool,
     pub writable: bool,
     /// The peer's end (or a hang-up) has arrived: read to the end, a short
     /// read does not mean dry.
@@ -135,7 +134,6 @@ pub struct Cx<'a> {
     again: &'a mut Vec<Arc<dyn Source>>,
     slab: &'a mut Slab<Arc<dyn Source>>,
     seq: &'a mut u64,
-    pub handle: &'a Arc<LoopHandle>,
 }
 
 impl Cx<'_> {
@@ -284,7 +282,6 @@ fn run(mut poll: Poll, handle: &Arc<LoopHandle>) {
             again: &mut next_again,
             slab: &mut slab,
             seq: &mut seq,
-            handle,
         };
         for ev in events.iter() {
             if ev.token() == WAKER {
@@ -295,7 +292,6 @@ fn run(mut poll: Poll, handle: &Arc<LoopHandle>) {
             };
             let ready = Ready {
                 polled: true,
-                readable: ev.is_readable() || ev.is_read_closed(),
                 writable: ev.is_writable() || ev.is_write_closed(),
                 read_closed: ev.is_read_closed(),
                 error: ev.is_error(),
