@@ -83,6 +83,36 @@ static inline void watchdog(unsigned seconds) {
   alarm((unsigned)(seconds * test_time_factor()));
 }
 
+/* The stage a test is in ("connecting", "waiting for TERMINATE" …), named
+ * on stderr when the staged watchdog fires, so a hang says where it hung. */
+static inline const char *volatile *test_stage_slot(void) {
+  static const char *volatile stage = "start";
+  return &stage;
+}
+#define TEST_STAGE (*test_stage_slot())
+
+static inline const char **test_name_slot(void) {
+  static const char *name = "test";
+  return &name;
+}
+
+static inline void test_stage_alarm(int sig) {
+  (void)sig;
+  const char *parts[] = {*test_name_slot(), ": watchdog: hung during: ", TEST_STAGE, "\n"};
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+    ssize_t w = write(2, parts[i], strlen(parts[i])); /* strlen is async-signal-safe */
+    (void)w;
+  }
+  _exit(1);
+}
+
+/* watchdog(), naming TEST_STAGE when it fires. */
+static inline void watchdog_staged(const char *test, unsigned seconds) {
+  *test_name_slot() = test;
+  watchdog(seconds);
+  signal(SIGALRM, test_stage_alarm);
+}
+
 /* ---- event recorder ----------------------------------------------------- */
 
 #define REC_MAX_EVENTS 4096

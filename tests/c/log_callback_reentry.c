@@ -26,26 +26,8 @@
 
 /* ---- a watchdog that says where it hung --------------------------------- */
 
-static const char *volatile g_stage = "start";
 
-static void on_alarm(int sig) {
-  (void)sig;
-  static const char head[] = "log_callback_reentry: watchdog: hung during: ";
-  const char *s = g_stage;
-  size_t n = 0;
-  while (s[n]) n++;
-  ssize_t w = write(2, head, sizeof head - 1);
-  w = write(2, s, n);
-  w = write(2, "\n", 1);
-  (void)w;
-  _exit(1);
-}
-
-static void watchdog_stage(unsigned seconds) {
-  watchdog(seconds);
-  signal(SIGALRM, on_alarm);
-}
-
+  
 /* "<timestamp> connection <id> <what>": the id and the what. */
 static int parse_connection_line(const char *line, netev_connection *id, const char **what) {
   const char *sp = strchr(line, ' ');
@@ -208,7 +190,7 @@ static const char *const msgs[] = {"alpha ", "beta ", "gamma", NULL};
 
 /* One echo session: open, sends, then shutdown (END, CLOSE) or close. */
 static void session(const char *name, uint16_t port, netev_dispatcher d, int use_close) {
-  g_stage = name;
+  TEST_STAGE = name;
   recorder r;
   rec_init(&r);
   if (d) {
@@ -272,7 +254,7 @@ static void part_reentry(void) {
 
   /* with a dispatcher run by this thread, against a netev listener echoing
    * on netev's threads (so its accepted connections log lines too) */
-  g_stage = "reentry: opening the echo listener";
+  TEST_STAGE = "reentry: opening the echo listener";
   lsn_server s;
   lsn_init(&s);
   uint16_t port = lsn_open(&s, "127.0.0.1");
@@ -284,11 +266,11 @@ static void part_reentry(void) {
   session("reentry: dispatcher mode, netev listener echoing, close (log callback calling "
           "netev deadlocked?)",
           port, d, 1);
-  g_stage = "reentry: waiting for the accepted connections to end";
+  TEST_STAGE = "reentry: waiting for the accepted connections to end";
   if (!lsn_wait(&s, lsn_pred_conn_terminates, 2, 20))
     FAIL("the listener's accepted connections did not end");
   lsn_check_clean(&s);
-  g_stage = "reentry: releasing the listener and the dispatcher";
+  TEST_STAGE = "reentry: releasing the listener and the dispatcher";
   CHECK_OK(netev_listener_release(s.listener));
   CHECK(lsn_wait(&s, lsn_pred_terminated, 0, 10));
   CHECK_OK(netev_dispatcher_release(d));
@@ -413,9 +395,9 @@ static void part_removal(void) {
   long rounds = test_scale(1000, 20);
   rctx *ctx = calloc((size_t)rounds, sizeof *ctx);
   CHECK(ctx != NULL);
-  g_stage = "removal: starting the producers";
+  TEST_STAGE = "removal: starting the producers";
   producers_start();
-  g_stage = "removal: netev_log_set_callback in a loop (hangs?)";
+  TEST_STAGE = "removal: netev_log_set_callback in a loop (hangs?)";
   int installed = 0; /* ctx[k-1] is still installed */
   for (long k = 0; k < rounds; k++) {
     CHECK_OK(netev_log_set_callback(race_cb, &ctx[k]));
@@ -435,7 +417,7 @@ static void part_removal(void) {
   }
   /* lines go on after the last removal: none may reach an old callback */
   producers_advance(5, "removal");
-  g_stage = "removal: stopping the producers";
+  TEST_STAGE = "removal: stopping the producers";
   producers_stop();
   long late = 0, calls = 0, rounds_late = 0;
   for (long k = 0; k < rounds; k++) {
@@ -474,14 +456,14 @@ static void self_cb(const char *line, void *ud) {
 }
 
 static void part_self(void) {
-  g_stage = "self: starting the producers";
+  TEST_STAGE = "self: starting the producers";
   producers_start();
   int rounds = (int)test_scale(20, 5);
   for (int k = 0; k < rounds; k++) {
     atomic_store(&self_entries, 0);
     atomic_store(&self_removed, 0);
     atomic_store(&self_status, UNSET);
-    g_stage = "self: netev_log_set_callback(NULL, NULL) inside the log callback (deadlock? "
+    TEST_STAGE = "self: netev_log_set_callback(NULL, NULL) inside the log callback (deadlock? "
               "rule: the log callback may call any netev function)";
     CHECK_OK(netev_log_set_callback(self_cb, NULL));
     double end = now_seconds() + 20 * test_time_factor();
@@ -510,17 +492,17 @@ static void part_self(void) {
             (long)atomic_load(&self_late));
   /* removing again from outside is harmless */
   CHECK_OK(netev_log_set_callback(NULL, NULL));
-  g_stage = "self: stopping the producers";
+  TEST_STAGE = "self: stopping the producers";
   producers_stop();
 }
 
 int main(int argc, char **argv) {
-  watchdog_stage(90);
+  watchdog_staged("log_callback_reentry", 90);
   const char *only = argc > 1 ? argv[1] : NULL;
   if (!only || strcmp(only, "reentry") == 0) part_reentry();
   if (!only || strcmp(only, "removal") == 0) part_removal();
   if (!only || strcmp(only, "self") == 0) part_self();
-  g_stage = "netev_runtime_shutdown";
+  TEST_STAGE = "netev_runtime_shutdown";
   CHECK_OK(netev_runtime_shutdown(10));
   return 0;
 }

@@ -47,28 +47,9 @@
 
 #include <stdatomic.h>
 
-static const char *volatile g_stage = "start";
 static pthread_t g_main;
 
-static void on_alarm(int sig) {
-  (void)sig;
-  static const char head[] = "review_findings: watchdog: hung during: ";
-  const char *s = g_stage;
-  size_t n = 0;
-  while (s[n]) n++;
-  ssize_t w = write(2, head, sizeof head - 1);
-  w = write(2, s, n);
-  w = write(2, "\n", 1);
-  (void)w;
-  _exit(1);
-}
-
-/* (Re)arms the watchdog for one part; it names the stage that hung. */
-static void watchdog_stage(unsigned seconds) {
-  watchdog(seconds);
-  signal(SIGALRM, on_alarm);
-}
-
+  
 /* Waits (bounded) for TERMINATE; on a timeout, fails showing the events so far. */
 static void wait_terminated_or_fail(recorder *r, double seconds, const char *what) {
   if (!rec_wait_terminated(r, seconds)) {
@@ -182,7 +163,7 @@ static void accept_wait_case(const char *name, netev_dispatcher listener_d,
                              netev_dispatcher switch_to, const drv *driven) {
   static char stage[256];
   snprintf(stage, sizeof stage, "accept_wait (%s)", name);
-  g_stage = stage;
+  TEST_STAGE = stage;
   aw_case *k = calloc(1, sizeof *k);
   CHECK(k != NULL);
   lsn_init(&k->s);
@@ -346,7 +327,7 @@ static void run_release_blocked(double timeout) {
   snprintf(stage, sizeof stage,
            "run_release: a thread in netev_dispatcher_run(d, %g) while main releases d",
            timeout);
-  g_stage = stage;
+  TEST_STAGE = stage;
   netev_dispatcher d = 0;
   CHECK_OK(netev_dispatcher_create(&d));
   runner r;
@@ -379,7 +360,7 @@ static void run_release_blocked(double timeout) {
 
 /* The host's loop on another thread, across runtime shutdown. */
 static void run_release_loop(void) {
-  g_stage = "run_release: loop thread servicing d; netev_runtime_shutdown(5) then "
+  TEST_STAGE = "run_release: loop thread servicing d; netev_runtime_shutdown(5) then "
             "netev_dispatcher_release(d)";
   peer p;
   peer_start(&p, PEER_ECHO, 0);
@@ -403,7 +384,7 @@ static void run_release_loop(void) {
     FAIL("the connection serviced by the loop thread never echoed");
   CHECK(!runner_wait_until(&r, now_seconds())); /* the loop still runs */
 
-  g_stage = "run_release: netev_runtime_shutdown(5) while a thread loops on run(d, -1)";
+  TEST_STAGE = "run_release: netev_runtime_shutdown(5) while a thread loops on run(d, -1)";
   netev_status st = netev_runtime_shutdown(5);
   if (st != NETEV_OK)
     FAIL("netev_runtime_shutdown(5) with a thread looping on netev_dispatcher_run(d, -1) "
@@ -415,7 +396,7 @@ static void run_release_loop(void) {
   CHECK(rec_count(&rc, NETEV_EVENT_TERMINATE) == 1 && rc.overlaps == 0 &&
         rc.after_terminate == 0);
 
-  g_stage = "run_release: netev_dispatcher_release(d) after netev_runtime_shutdown, the loop "
+  TEST_STAGE = "run_release: netev_dispatcher_release(d) after netev_runtime_shutdown, the loop "
             "thread still in run(d, -1)";
   double limit = 2 * test_time_factor();
   double t0 = now_seconds();
@@ -562,7 +543,7 @@ static void part_close_after_error(void) {
   size_t used = 0;
   int failed = 0;
   for (size_t k = 0; k < sizeof variants / sizeof variants[0]; k++) {
-    g_stage = variants[k].stage;
+    TEST_STAGE = variants[k].stage;
     char first[256] = "";
     int bad = close_after_error_variant(variants[k].idle, variants[k].release, rounds, first,
                                         sizeof first);
@@ -606,7 +587,7 @@ static int pred_size_frees(void *arg) {
 }
 
 static void part_option_sizes(void) {
-  g_stage = "option_sizes: netev_listener_open with a bad connection_defaults.size";
+  TEST_STAGE = "option_sizes: netev_listener_open with a bad connection_defaults.size";
   const uint32_t sizes[] = {0, 3, 64, (uint32_t)sizeof(netev_connection_options) - 1};
   char report[512] = "";
   size_t used = 0;
@@ -636,7 +617,7 @@ static void part_option_sizes(void) {
          "not set)",
          report);
 
-  g_stage = "option_sizes: on_connection returns options with size 0";
+  TEST_STAGE = "option_sizes: on_connection returns options with size 0";
   atomic_store(&g_size_frees, 0);
   lsn_server s;
   lsn_init(&s);
@@ -755,7 +736,7 @@ static size_t fill_until_queued(netev_connection c) {
 }
 
 static void part_drain_low_queue(void) {
-  g_stage = "drain_low_queue: filling the socket buffers";
+  TEST_STAGE = "drain_low_queue: filling the socket buffers";
   uint16_t port = 0;
   int lfd = listen_loopback(&port, 4);
   int small = 4096;
@@ -778,7 +759,7 @@ static void part_drain_low_queue(void) {
     FAIL("setup: %zu bytes queued, expected a little (at most half the limit)", q);
   CHECK(rec_count(&r, NETEV_EVENT_DRAIN) == 0); /* nothing was refused yet */
 
-  g_stage = "drain_low_queue: a refused send of the limit, waiting for DRAIN";
+  TEST_STAGE = "drain_low_queue: a refused send of the limit, waiting for DRAIN";
   unsigned char *big = calloc(1, DRAIN_LIMIT);
   CHECK(big != NULL);
   netev_status st = netev_connection_send(c, big, DRAIN_LIMIT);
@@ -800,7 +781,7 @@ static void part_drain_low_queue(void) {
          DRAIN_LIMIT, q_after, DRAIN_LIMIT / 2, seq);
   }
 
-  g_stage = "drain_low_queue: closing";
+  TEST_STAGE = "drain_low_queue: closing";
   CHECK_OK(netev_connection_close(c));
   wait_terminated_or_fail(&r, 10, "drain_low_queue");
   CHECK_SEQUENCE(&r, "connection drain* close terminate");
@@ -883,7 +864,7 @@ static void log_check(const char *when) {
 }
 
 static void part_log_shutdown(void) {
-  g_stage = "log_shutdown: netev_connection_open with the log callback set";
+  TEST_STAGE = "log_shutdown: netev_connection_open with the log callback set";
   memset(&g_log, 0, sizeof g_log);
   pthread_mutex_init(&g_log.mu, NULL);
   peer p;
@@ -914,7 +895,7 @@ static void part_log_shutdown(void) {
          "netev_connection_open (expected its \"open\" line there), so that case went "
          "untested");
 
-  g_stage = "log_shutdown: echo with the log callback set";
+  TEST_STAGE = "log_shutdown: echo with the log callback set";
   const char *msg = "log_shutdown";
   size_t n = strlen(msg);
   CHECK_OK(netev_connection_send(c, msg, n));
@@ -930,7 +911,7 @@ static void part_log_shutdown(void) {
   CHECK(r.data_len == n && memcmp(r.data, msg, n) == 0);
   CHECK(r.overlaps == 0 && r.after_terminate == 0);
 
-  g_stage = "log_shutdown: removing the log callback";
+  TEST_STAGE = "log_shutdown: removing the log callback";
   CHECK_OK(netev_log_set_callback(NULL, NULL));
   log_check("over the connection's life");
   pthread_mutex_lock(&g_log.mu);
@@ -966,13 +947,13 @@ int main(int argc, char **argv) {
   int ran = 0;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
     if (only && strcmp(only, parts[i].name) != 0) continue;
-    watchdog_stage(90);
+    watchdog_staged("review_findings", 90);
     parts[i].run();
     ran++;
   }
   if (!ran) FAIL("unknown part \"%s\"", only);
-  watchdog_stage(60);
-  g_stage = "netev_runtime_shutdown at the end";
+  watchdog_staged("review_findings", 60);
+  TEST_STAGE = "netev_runtime_shutdown at the end";
   CHECK_OK(netev_runtime_shutdown(10));
   return 0;
 }
