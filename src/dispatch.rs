@@ -148,7 +148,7 @@ impl Dispatcher {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let d = Arc::new(Dispatcher {
-            id: registry::next_id(),
+            id: registry::reserve(),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 running: false,

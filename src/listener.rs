@@ -263,7 +263,7 @@ impl Listener {
             d.bind();
         }
         let l = Arc::new_cyclic(|me| Listener {
-            id: registry::next_id(),
+            id: registry::reserve(),
             port,
             cfg,
             state: Mutex::new(State {
@@ -384,7 +384,7 @@ impl Listener {
             // Accepted just before the shutdown: never offered, closed here.
             return false;
         }
-        let id = registry::next_id();
+        let id = registry::reserve();
         let remote = Remote::new(peer);
         // Live before the host decides, so it can retain and read it there.
         let conn = Connection::incoming(id, peer, self.id);

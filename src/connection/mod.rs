@@ -394,7 +394,7 @@ impl Connection {
             return Err(Error::invalid("the address is empty"));
         }
         let rt = runtime::opening()?;
-        let id = registry::next_id();
+        let id = registry::reserve();
         let conn = Connection::new(id, address.into(), port, 0, 1);
         log!("connection", id, "open {address} port {port}");
         conn.register();
@@ -465,7 +465,7 @@ impl Connection {
     }
 
     /// This connection, if `id` names it and one of its callbacks is running
-    /// on this thread: found without the handle table's lock, which is the
+    /// on this thread: found without the handle table, which is the
     /// common case of a callback sending on its own connection.
     pub(crate) fn current(id: netev_connection) -> Option<Arc<Connection>> {
         let p = CURRENT.get();
