@@ -102,6 +102,8 @@ struct Queue {
     running: bool,
     /// The eventfd holds a count: it is readable.
     signaled: bool,
+    /// A loop thread will signal at the end of its turn (see `post`).
+    signal_due: bool,
     /// Threads blocked on `changed`; notifying is skipped when there are none.
     waiters: usize,
     /// Released: nobody will run this queue any more. The thread running it
@@ -116,6 +118,22 @@ pub struct Dispatcher {
     fd: OwnedFd,
     /// Objects bound to this dispatcher whose TERMINATE has not run yet.
     bound: AtomicUsize,
+    /// Delivered data buffers kept for the next deliveries (see `buffer`).
+    spares: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The capacity of a pooled buffer, and how many a dispatcher keeps.
+pub const BUFFER_SIZE: usize = 64 << 10;
+const SPARE_BUFFERS: usize = 32;
+
+impl crate::io_loop::EndOfTurn for Dispatcher {
+    fn end_of_turn(&self) {
+        let mut q = self.lock();
+        q.signal_due = false;
+        if !q.running && !q.jobs.is_empty() {
+            self.set_signal(&mut q, true);
+        }
+    }
 }
 
 /// When a run stops starting callbacks.
@@ -153,12 +171,14 @@ impl Dispatcher {
                 jobs: VecDeque::new(),
                 running: false,
                 signaled: false,
+                signal_due: false,
                 waiters: 0,
                 retired: false,
             }),
             changed: Condvar::new(),
             fd,
             bound: AtomicUsize::new(0),
+            spares: Mutex::new(Vec::new()),
         });
         registry::insert(d.id, d.clone());
         Ok(d)
@@ -209,6 +229,29 @@ impl Dispatcher {
         self.notify(&q);
     }
 
+    /// An empty buffer of `BUFFER_SIZE` bytes' capacity for data crossing to
+    /// the host's thread. Reusing a few keeps a stream from paying a page
+    /// fault per 4 KiB: malloc gives freed memory back to the kernel when a
+    /// buffer is freed on a thread other than the one that made it.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.spares
+            .lock()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+    }
+
+    /// Takes back a buffer from `buffer` once its bytes are delivered.
+    pub fn give_back(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != BUFFER_SIZE {
+            return;
+        }
+        buf.clear();
+        let mut spares = self.spares.lock();
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(buf);
+        }
+    }
+
     pub fn bind(&self) {
         self.bound.fetch_add(1, Ordering::AcqRel);
     }
@@ -217,8 +260,10 @@ impl Dispatcher {
         self.bound.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Queues a job for the host's thread.
-    pub fn post(&self, job: Job) {
+    /// Queues a job for the host's thread. On an I/O thread the host is
+    /// woken at the end of the loop's turn, once for everything the turn
+    /// queued: waking it per event would switch threads per event.
+    pub fn post(self: &Arc<Self>, job: Job) {
         let mut q = self.lock();
         if q.retired && !q.running {
             q.running = true;
@@ -227,8 +272,11 @@ impl Dispatcher {
             return;
         }
         q.jobs.push_back(job);
-        if !q.running {
-            self.set_signal(&mut q, true);
+        if !q.running && !q.signaled && !q.signal_due {
+            q.signal_due = crate::io_loop::at_end_of_turn(self.clone());
+            if !q.signal_due {
+                self.set_signal(&mut q, true);
+            }
         }
         self.notify(&q);
     }

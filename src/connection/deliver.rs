@@ -14,8 +14,8 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 /// Dispatcher mode: the connection's events waiting for the host's thread.
-/// Received bytes join the DATA waiting last, so a trickling peer costs one
-/// growing buffer, not one entry per read; the dispatcher holds the
+/// Received bytes join the DATA waiting last (up to `DATA_CHUNK`), so a
+/// trickling peer costs one growing buffer, not one entry per read; the dispatcher holds the
 /// connection once in its queue however many events wait here.
 #[derive(Default)]
 pub(super) struct Outbox {
@@ -25,6 +25,11 @@ pub(super) struct Outbox {
     /// The connection is in its dispatcher's queue, or being delivered from.
     scheduled: bool,
 }
+
+/// The most one waiting DATA holds: later bytes start another. Buffers stay
+/// under malloc's mmap threshold, so the heap reuses them instead of mapping
+/// and faulting in fresh pages for every delivery.
+const DATA_CHUNK: usize = crate::dispatch::BUFFER_SIZE;
 
 enum Pending {
     Data(Vec<u8>),
@@ -66,7 +71,20 @@ impl Connection {
             EventType::NETEV_EVENT_DATA => {
                 out.undelivered += data.len();
                 match out.events.back_mut() {
-                    Some(Pending::Data(waiting)) => waiting.extend_from_slice(data),
+                    Some(Pending::Data(waiting)) if waiting.len() + data.len() <= DATA_CHUNK => {
+                        if waiting.capacity() < waiting.len() + data.len() {
+                            let want = (2 * waiting.capacity())
+                                .clamp(waiting.len() + data.len(), DATA_CHUNK);
+                            waiting.reserve_exact(want - waiting.len());
+                        }
+                        waiting.extend_from_slice(data);
+                    }
+                    // A full read says more follow: a pooled buffer.
+                    _ if data.len() >= DATA_CHUNK / 2 => {
+                        let mut buf = d.buffer();
+                        buf.extend_from_slice(data);
+                        out.events.push_back(Pending::Data(buf));
+                    }
                     _ => out.events.push_back(Pending::Data(data.to_vec())),
                 }
             }
@@ -219,6 +237,9 @@ impl Mailbox for Connection {
                     drop(out);
                     // The loop stopped reading for lack of room: resume.
                     self.kick(self.lock());
+                }
+                if let Some(d) = &self.cfg().dispatcher {
+                    d.give_back(bytes);
                 }
                 ran
             }
