@@ -161,6 +161,14 @@ impl LoopHandle {
     }
 }
 
+fn interest(writable: bool) -> Interest {
+    if writable {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    }
+}
+
 /// What a source may do on its loop's thread.
 pub struct Cx<'a> {
     registry: &'a Registry,
@@ -171,21 +179,24 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// Registers `fd` under `key` for reading and writing, edge-triggered.
-    pub fn register(&self, fd: RawFd, key: usize) -> io::Result<()> {
+    /// Registers `fd` under `key`, edge-triggered, for reading and, with
+    /// `writable`, writing.
+    pub fn register(&self, fd: RawFd, key: usize, writable: bool) -> io::Result<()> {
         self.registry.register(
             &mut mio::unix::SourceFd(&fd),
             Token(key),
-            Interest::READABLE | Interest::WRITABLE,
+            interest(writable),
         )
     }
 
-    /// Registers a listening socket: readable only.
-    pub fn register_readable(&self, fd: RawFd, key: usize) -> io::Result<()> {
-        self.registry.register(
+    /// Changes whether `fd` (registered under `key`) reports writability.
+    /// A socket that has nothing to write should not: every ACK that frees
+    /// room in its buffer would wake the loop for nothing.
+    pub fn reregister(&self, fd: RawFd, key: usize, writable: bool) -> io::Result<()> {
+        self.registry.reregister(
             &mut mio::unix::SourceFd(&fd),
             Token(key),
-            Interest::READABLE,
+            interest(writable),
         )
     }
 

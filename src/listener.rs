@@ -519,7 +519,7 @@ impl Source for Listener {
         let mut st = self.lock();
         st.key = key;
         if let Some(s) = &st.socket
-            && let Err(e) = cx.register_readable(s.as_raw_fd(), key)
+            && let Err(e) = cx.register(s.as_raw_fd(), key, false)
         {
             let e = Error::io(&e, "cannot register the listener");
             st.errors.push(e.clone());

@@ -64,6 +64,9 @@ pub(super) struct Drive {
     pub(super) requested: bool,
     pub(super) peer_ended: bool,
     key: usize,
+    /// The socket is registered for writability too: it is connecting, or
+    /// the socket did not take all that was queued.
+    write_interest: bool,
     /// The deadline of the timer that counts (connect, then idle): an
     /// earlier one still in the loop's heap is stale.
     armed: Option<Instant>,
@@ -283,9 +286,10 @@ impl Connection {
             };
             c.next += 1;
             let failed = match mio::net::TcpStream::connect(addr) {
-                Ok(s) => match cx.register(s.as_raw_fd(), key) {
+                Ok(s) => match cx.register(s.as_raw_fd(), key, true) {
                     Ok(()) => {
                         st.drive.socket = Some(s);
+                        st.drive.write_interest = true;
                         return;
                     }
                     Err(e) => Error::io(&e, "register the socket"),
@@ -304,7 +308,7 @@ impl Connection {
         }
         // Accepted sockets are registered here; connected ones already are.
         let accepted = self.listener() != 0;
-        if accepted && let Err(e) = cx.register(socket.as_raw_fd(), key) {
+        if accepted && let Err(e) = cx.register(socket.as_raw_fd(), key, false) {
             return self.end(cx, End::Error(Error::io(&e, "register the socket")));
         }
         if self.remote.get().is_none()
@@ -356,7 +360,7 @@ impl Connection {
         if self.port() == super::tests::PANIC_PORT.load(std::sync::atomic::Ordering::Relaxed) {
             panic!("a panic planted by a test");
         }
-        let snap = match self.flush() {
+        let snap = match self.flush(cx, ready) {
             Ok(snap) => snap,
             Err(e) => return self.end(cx, End::Error(e)),
         };
@@ -396,7 +400,7 @@ impl Connection {
 
     /// Writes what the socket takes, shuts the write side when asked and
     /// the queue is empty, and says what the turn must do next.
-    fn flush(&self) -> Result<Snapshot> {
+    fn flush(&self, cx: &Cx<'_>, ready: Ready) -> Result<Snapshot> {
         let mut st = self.lock();
         let fd = st.drive.socket.as_ref().map(|s| s.as_raw_fd());
         let mut snap = Snapshot {
@@ -423,6 +427,14 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(&e, "write")),
             }
+        }
+        // Writability is watched only while bytes wait; a connected socket
+        // stops watching at the first writable edge with nothing to write.
+        let blocked = !st.out.is_empty();
+        if blocked != st.drive.write_interest && (blocked || ready.writable) {
+            cx.reregister(fd, st.drive.key, blocked)
+                .map_err(|e| Error::io(&e, "register the socket"))?;
+            st.drive.write_interest = blocked;
         }
         let written = before - st.queued();
         if written > 0 {
