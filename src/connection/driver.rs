@@ -201,10 +201,7 @@ impl Source for Connection {
                     }
                 }
             }
-            Phase::Established => {
-                drop(st);
-                self.serve(cx, ready);
-            }
+            Phase::Established => self.serve(cx, ready, st),
         }
     }
 
@@ -336,7 +333,8 @@ impl Connection {
             self.remote().endpoint()
         );
         self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
-        self.serve(cx, Ready::default());
+        let st = self.lock();
+        self.serve(cx, Ready::default(), st);
     }
 
     fn configure(&self, s: &mio::net::TcpStream) -> Result<()> {
@@ -355,20 +353,22 @@ impl Connection {
 
     /// One turn of an established connection: write what is queued, read
     /// what is ready, end when it is over.
-    fn serve(self: Arc<Self>, cx: &mut Cx<'_>, ready: Ready) {
+    /// `st` is the lock the turn took first, kept for the flush: one lock
+    /// per turn when there is nothing to write.
+    fn serve(self: &Arc<Self>, cx: &mut Cx<'_>, ready: Ready, st: Guard<'_, State>) {
         #[cfg(test)]
         if self.port() == super::tests::PANIC_PORT.load(std::sync::atomic::Ordering::Relaxed) {
             panic!("a panic planted by a test");
         }
-        let snap = match self.flush(cx, ready) {
+        let snap = match self.flush(cx, ready, st) {
             Ok(snap) => snap,
-            Err(e) => return self.end(cx, End::Error(e)),
+            Err(e) => return self.clone().end(cx, End::Error(e)),
         };
         if snap.drain {
             self.deliver(EventType::NETEV_EVENT_DRAIN, &[], None, After::Nothing);
         }
         if snap.close || (snap.peer_ended && snap.shut_done) {
-            return self.end(cx, End::Close);
+            return self.clone().end(cx, End::Close);
         }
         if snap.peer_ended || !self.receive_room() {
             return;
@@ -379,7 +379,7 @@ impl Connection {
         match self.read_some(snap.fd, short_is_dry) {
             Read::Drained => {}
             Read::More => cx.again(self.clone()),
-            Read::Failed(e) => self.end(cx, End::Error(e)),
+            Read::Failed(e) => self.clone().end(cx, End::Error(e)),
             Read::Ended => {
                 log!("connection", self.id, "end: the peer finished sending");
                 {
@@ -400,8 +400,7 @@ impl Connection {
 
     /// Writes what the socket takes, shuts the write side when asked and
     /// the queue is empty, and says what the turn must do next.
-    fn flush(&self, cx: &Cx<'_>, ready: Ready) -> Result<Snapshot> {
-        let mut st = self.lock();
+    fn flush(&self, cx: &Cx<'_>, ready: Ready, mut st: Guard<'_, State>) -> Result<Snapshot> {
         let fd = st.drive.socket.as_ref().map(|s| s.as_raw_fd());
         let mut snap = Snapshot {
             fd,
