@@ -334,7 +334,7 @@ pub extern "C" fn netev_connection_address(
     boundary(|| {
         need(needed, "needed")?;
         let c = Connection::get(conn)?;
-        let n = copy_out(c.address(), buf, capacity)?;
+        let n = copy_out(&c.address(), buf, capacity)?;
         put(needed, "needed", n)
     })
 }

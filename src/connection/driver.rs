@@ -112,7 +112,7 @@ impl Source for Connection {
         drop(st);
         let me = self.clone();
         let spawned = runtime::spawn_blocking(move || {
-            let found = (me.address(), me.port())
+            let found = (&*me.address(), me.port())
                 .to_socket_addrs()
                 .map(|a| a.collect::<Vec<_>>());
             let mut st = me.lock();

@@ -309,7 +309,8 @@ impl State {
 /// One TCP connection: a client one from `open`, or (later) an accepted one.
 pub struct Connection {
     pub id: netev_connection,
-    /// As given to open; for an accepted connection, the peer's IP.
+    /// As given to open; empty (no allocation) for an accepted connection,
+    /// whose address is its peer's IP, kept in `remote`.
     address: Box<str>,
     port: u16,
     listener: netev_listener,
@@ -412,7 +413,7 @@ impl Connection {
         listener: netev_listener,
     ) -> Arc<Connection> {
         let remote = Remote::new(peer);
-        let conn = Connection::new(id, remote.ip_string().into(), peer.port(), listener, 0);
+        let conn = Connection::new(id, Box::default(), peer.port(), listener, 0);
         let _ = conn.remote.set(remote);
         conn.register();
         conn
@@ -762,8 +763,12 @@ impl Connection {
         Ok(())
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
+    /// As given to open; for an accepted connection, the peer's IP.
+    pub fn address(&self) -> std::borrow::Cow<'_, str> {
+        if self.listener != 0 {
+            return self.remote().ip_string().into();
+        }
+        (*self.address).into()
     }
     pub fn port(&self) -> u16 {
         self.port
