@@ -472,6 +472,7 @@ impl Dispatcher {
     /// running it), or on netev's threads.
     pub fn release(self: &Arc<Self>) {
         registry::remove(self.id);
+        self.spares.lock().clear();
         for obj in registry::all() {
             obj.dispatcher_released(self.id);
         }
