@@ -4,6 +4,7 @@
 //! The safe core (`connection`, `dispatch`, `runtime`, …) is usable from
 //! Rust; `ffi` is the C ABI described by `include/netev.h`.
 
+pub mod abi;
 pub mod connection;
 pub mod dispatch;
 pub mod error;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct netev_runtime_options {
-    /// sizeof(netev_runtime_options), set by netev_runtime_options_init.
+    /// sizeof(netev_runtime_options) as the host's header declares it,
+    /// set by netev_runtime_options_init: which fields the host has.
     pub size: u32,
     /// I/O threads; 0 = one per core.
     pub worker_threads: u32,

@@ -1,0 +1,383 @@
+//! Options structs that can grow (API.md, "An ABI that can grow").
+//!
+//! Every options struct starts with a `u32 size`: the `sizeof` of the
+//! struct as the host's header declares it. A host compiled against an
+//! older header passes a smaller struct, one compiled against a newer
+//! header a larger one, so netev never assumes its own `sizeof`:
+//!
+//! - `init_sized(p, size)` writes exactly `size` bytes: the defaults of the
+//!   fields this version knows, zeros for any bytes past them (every
+//!   default is zero, so those are the defaults of fields a newer header
+//!   appended), and `size` itself.
+//! - `read(p)` reads only the first `size` bytes into a defaulted struct:
+//!   fields past them take their defaults. Bytes past this version's own
+//!   struct (a newer header's fields) must be zero, their defaults: a
+//!   field this version does not know, set to anything else, would be
+//!   silently ignored, so it is refused instead (Linux's
+//!   `copy_struct_from_user`, used by `clone3` and `openat2`, does the
+//!   same).
+//! - A `size` below the struct's first version (its layout in netev 0.2)
+//!   was never set by an init function; one above `NETEV_OPTIONS_SIZE_MAX`
+//!   is no version of any options struct (most likely an uninitialised
+//!   one). Both are refused before any byte past `size` is touched.
+//!
+//! Growing a struct: only append fields (never reorder, resize or remove
+//! one), keep every default all-zero bytes, and prefer appends that leave
+//! no implicit padding (a padding byte past an older `sizeof` is part of
+//! what an older library checks for zero). Never embed one options struct
+//! in another by value. `FIRST_SIZE` never changes.
+
+use crate::connection::netev_connection_options;
+use crate::error::{Error, Result};
+use crate::listener::netev_listener_options;
+use crate::runtime::netev_runtime_options;
+use std::mem::{offset_of, size_of};
+
+/// The largest `size` an options struct may declare: no version of any
+/// options struct will be that large, so a larger one is refused as
+/// uninitialised. The accept callback's options have this much room.
+pub const NETEV_OPTIONS_SIZE_MAX: u32 = 4096;
+
+/// An options struct that can grow.
+///
+/// # Safety
+///
+/// Implementors are `#[repr(C)]`, their first field is `size: u32`, their
+/// `Default` is all-zero bytes apart from `size`, and every bit pattern is
+/// a valid value of every field except the `bool`s listed in `BOOLS`
+/// (numbers, raw pointers, `Option`s of function pointers).
+pub unsafe trait Versioned: Copy + Default {
+    /// The C name, for error messages.
+    const NAME: &'static str;
+    /// Where the struct's first version (netev 0.2) ends: the end of its
+    /// last field. A smaller `size` was never set by an init function.
+    const FIRST_SIZE: usize;
+    /// The `bool` fields (name, offset): a byte other than 0 or 1 there is
+    /// not a C `bool`, and no Rust `bool` either.
+    const BOOLS: &'static [(&'static str, usize)];
+}
+
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks (Option<fn>), pointers, numbers and two bools.
+unsafe impl Versioned for netev_connection_options {
+    const NAME: &'static str = "netev_connection_options";
+    const FIRST_SIZE: usize = offset_of!(netev_connection_options, dispatcher)
+        + size_of::<crate::registry::netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] = &[
+        ("no_delay", offset_of!(netev_connection_options, no_delay)),
+        (
+            "allow_half_open",
+            offset_of!(netev_connection_options, allow_half_open),
+        ),
+    ];
+}
+
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks, pointers, numbers and one bool.
+unsafe impl Versioned for netev_listener_options {
+    const NAME: &'static str = "netev_listener_options";
+    const FIRST_SIZE: usize = offset_of!(netev_listener_options, dispatcher)
+        + size_of::<crate::registry::netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] =
+        &[("reuse_port", offset_of!(netev_listener_options, reuse_port))];
+}
+
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its other field is a number.
+unsafe impl Versioned for netev_runtime_options {
+    const NAME: &'static str = "netev_runtime_options";
+    const FIRST_SIZE: usize = offset_of!(netev_runtime_options, worker_threads) + size_of::<u32>();
+    const BOOLS: &'static [(&'static str, usize)] = &[];
+}
+
+/// A host's `size`: at least the first version, at most the maximum.
+fn check_size<T: Versioned>(size: usize, name: &str) -> Result<()> {
+    if size < T::FIRST_SIZE {
+        return Err(Error::invalid(format!(
+            "{name}.size is {size}, below {}, the size of {} in its first version \
+             (netev 0.2): initialise it with its _init function",
+            T::FIRST_SIZE,
+            T::NAME
+        )));
+    }
+    if size > NETEV_OPTIONS_SIZE_MAX as usize {
+        return Err(Error::invalid(format!(
+            "{name}.size is {size}, above NETEV_OPTIONS_SIZE_MAX ({NETEV_OPTIONS_SIZE_MAX}): \
+             no version of {} is that large (an uninitialised struct?)",
+            T::NAME
+        )));
+    }
+    Ok(())
+}
+
+/// `netev_*_options_init_sized`: fills the host's `size` bytes at `p` with
+/// the defaults (zeros past this version's fields) and sets its `size`.
+/// Writes nothing when it fails.
+pub fn init_sized<T: Versioned>(p: *mut T, size: usize, name: &str) -> Result<()> {
+    if p.is_null() {
+        return Err(Error::null(name));
+    }
+    check_size::<T>(size, "size")?;
+    let defaults = T::default();
+    let ours = size_of::<T>().min(size);
+    // SAFETY: the host promises `size` writable bytes at `p` (that is what
+    // it passes `size` for); `defaults` has size_of::<T>() >= `ours`
+    // readable bytes; byte copies need no alignment; no overlap (a local).
+    unsafe {
+        let dst = p.cast::<u8>();
+        std::ptr::copy_nonoverlapping((&raw const defaults).cast::<u8>(), dst, ours);
+        std::ptr::write_bytes(dst.add(ours), 0, size - ours);
+        // `size` fits: check_size bounded it by NETEV_OPTIONS_SIZE_MAX.
+        p.cast::<u32>().write_unaligned(size as u32);
+    }
+    Ok(())
+}
+
+/// Reads a host's options struct: its first `size` bytes over the
+/// defaults, with `size` then set to this version's own (so the value is
+/// whole). NULL gives the defaults.
+///
+/// # Safety
+///
+/// `p` is NULL or points at an options struct of type `T` (any version)
+/// whose `size` bytes are readable, as the header asks of the host.
+pub unsafe fn read<T: Versioned>(p: *const T, name: &str) -> Result<T> {
+    let mut value = T::default();
+    if p.is_null() {
+        return Ok(value);
+    }
+    // SAFETY: non-NULL; every options struct starts with a u32 `size`, and
+    // read_unaligned tolerates any alignment.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    check_size::<T>(size, name)?;
+    // SAFETY: the caller promises `size` readable bytes at `p`; check_size
+    // bounded `size`, so the slice is no larger than the host said.
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
+    let ours = size_of::<T>().min(size);
+    for &(field, offset) in T::BOOLS {
+        // `ours` <= `size` = bytes.len(): a bool past `size` is not read.
+        if offset < ours && bytes[offset] > 1 {
+            return Err(Error::invalid(format!(
+                "{name}.{field} is {}: a bool is 0 (false) or 1 (true)",
+                bytes[offset]
+            )));
+        }
+    }
+    if let Some(at) = bytes[ours..].iter().position(|&b| b != 0) {
+        return Err(Error::invalid(format!(
+            "{name} sets a field at byte {} that this netev ({}) does not know \
+             ({} ends at byte {}): it needs a newer libnetev",
+            ours + at,
+            env!("CARGO_PKG_VERSION"),
+            T::NAME,
+            size_of::<T>()
+        )));
+    }
+    // SAFETY: `bytes` has `ours` bytes and `value` size_of::<T>() >= ours;
+    // no overlap (a local). Every byte pattern is a valid value of every
+    // field (Versioned's contract) but the bools, checked above; bytes of a
+    // field cut by `size` (never the case for a size some header gave)
+    // would still only make a valid number or pointer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut value).cast::<u8>(), ours);
+        (&raw mut value).cast::<u32>().write(size_of::<T>() as u32);
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first versions are the 0.2 layout (on a 64-bit target), forever.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn first_sizes_are_the_0_2_layout() {
+        assert_eq!(netev_connection_options::FIRST_SIZE, 128);
+        assert_eq!(netev_listener_options::FIRST_SIZE, 72);
+        assert_eq!(netev_runtime_options::FIRST_SIZE, 8);
+    }
+
+    /// A struct in two versions, the way an options struct grows: version
+    /// 1 ends after `b`, version 2 appends `c` and `d`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Grown {
+        size: u32,
+        a: u32,
+        b: f64,
+        c: u64,
+        d: bool,
+    }
+
+    impl Default for Grown {
+        fn default() -> Self {
+            Grown {
+                size: size_of::<Self>() as u32,
+                a: 0,
+                b: 0.0,
+                c: 0,
+                d: false,
+            }
+        }
+    }
+
+    // SAFETY: #[repr(C)], size first, zero defaults, one bool listed.
+    unsafe impl Versioned for Grown {
+        const NAME: &'static str = "grown";
+        const FIRST_SIZE: usize = offset_of!(Grown, b) + size_of::<f64>();
+        const BOOLS: &'static [(&'static str, usize)] = &[("d", offset_of!(Grown, d))];
+    }
+
+    /// An 8-aligned buffer of `n` bytes filled with `fill`.
+    fn buffer(n: usize, fill: u8) -> Vec<u64> {
+        vec![u64::from_ne_bytes([fill; 8]); n.div_ceil(8)]
+    }
+
+    #[test]
+    fn an_older_size_takes_the_defaults_of_the_fields_it_lacks() {
+        let mut buf = buffer(size_of::<Grown>(), 0xa5);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        // SAFETY: `buf` holds size_of::<Grown>() bytes, 8-aligned.
+        unsafe {
+            (*p).size = Grown::FIRST_SIZE as u32;
+            (*p).a = 7;
+            (*p).b = 2.5;
+        }
+        // `c` and `d` hold 0xa5 garbage past the declared size: ignored.
+        // SAFETY: the struct's declared `size` bytes are readable.
+        let v = unsafe { read(p.cast_const(), "o") }.expect("a first-version struct");
+        assert_eq!(
+            v,
+            Grown {
+                size: size_of::<Grown>() as u32,
+                a: 7,
+                b: 2.5,
+                c: 0,
+                d: false,
+            }
+        );
+    }
+
+    #[test]
+    fn init_sized_writes_exactly_size_bytes() {
+        let n = size_of::<Grown>() + 16;
+        let mut buf = buffer(n, 0xa5);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        init_sized(p, Grown::FIRST_SIZE, "o").expect("the first version's size");
+        // SAFETY: `buf` has n readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) };
+        assert_eq!(&bytes[..4], &(Grown::FIRST_SIZE as u32).to_ne_bytes());
+        assert!(bytes[4..Grown::FIRST_SIZE].iter().all(|&b| b == 0));
+        assert!(bytes[Grown::FIRST_SIZE..].iter().all(|&b| b == 0xa5));
+        // A newer header's larger struct: the bytes past ours are zeroed
+        // (their defaults), nothing past its size is touched.
+        let mut buf = buffer(n, 0xa5);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        init_sized(p, n - 8, "o").expect("a newer header's size");
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) };
+        assert_eq!(&bytes[..4], &((n - 8) as u32).to_ne_bytes());
+        assert!(bytes[4..n - 8].iter().all(|&b| b == 0));
+        assert!(bytes[n - 8..].iter().all(|&b| b == 0xa5));
+        // SAFETY: n - 8 bytes are readable.
+        let v = unsafe { read(p.cast_const(), "o") }.expect("what init wrote reads back");
+        assert_eq!(v, Grown::default());
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_without_a_write() {
+        let mut buf = buffer(64, 0xa5);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        for size in [
+            0,
+            3,
+            Grown::FIRST_SIZE - 1,
+            NETEV_OPTIONS_SIZE_MAX as usize + 1,
+        ] {
+            let e = init_sized(p, size, "o").expect_err("a bad size");
+            assert_eq!(e.code, crate::error::Status::NETEV_ERR_INVALID_ARGUMENT);
+            assert!(buf.iter().all(|&w| w == u64::from_ne_bytes([0xa5; 8])));
+        }
+        let e = init_sized(std::ptr::null_mut::<Grown>(), 16, "o").expect_err("NULL");
+        assert_eq!(e.code, crate::error::Status::NETEV_ERR_NULL_ARGUMENT);
+        for size in [0u32, 3, Grown::FIRST_SIZE as u32 - 1, u32::MAX] {
+            // SAFETY: `buf` has 64 bytes; a refused size reads only `size`.
+            unsafe { p.cast::<u32>().write(size) };
+            // SAFETY: read stops at the size check.
+            let e = unsafe { read(p.cast_const(), "o") }.expect_err("a bad size");
+            assert_eq!(e.code, crate::error::Status::NETEV_ERR_INVALID_ARGUMENT);
+        }
+        // SAFETY: NULL is the defaults.
+        let v = unsafe { read(std::ptr::null::<Grown>(), "o") }.expect("NULL");
+        assert_eq!(v, Grown::default());
+    }
+
+    #[test]
+    fn a_newer_header_s_unknown_fields_must_be_zero() {
+        let n = size_of::<Grown>() + 16;
+        let mut buf = buffer(n, 0);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        init_sized(p, n, "o").expect("a newer header's size");
+        // SAFETY: `buf` has n bytes; the struct is within them.
+        unsafe { (*p).c = 9 };
+        // SAFETY: n bytes are readable.
+        let v = unsafe { read(p.cast_const(), "o") }.expect("zeros past ours");
+        assert_eq!(v.c, 9);
+        // SAFETY: byte n - 1 is inside `buf`.
+        unsafe { p.cast::<u8>().add(n - 1).write(1) };
+        // SAFETY: n bytes are readable.
+        let e = unsafe { read(p.cast_const(), "o") }.expect_err("a field unknown here");
+        assert_eq!(e.code, crate::error::Status::NETEV_ERR_INVALID_ARGUMENT);
+        assert!(
+            e.message.contains(&format!("byte {}", n - 1)),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_bool_that_is_not_0_or_1_is_refused() {
+        let mut buf = buffer(size_of::<Grown>(), 0);
+        let p = buf.as_mut_ptr().cast::<Grown>();
+        init_sized(p, size_of::<Grown>(), "o").expect("init");
+        // SAFETY: the byte of `d` is inside `buf`.
+        unsafe { p.cast::<u8>().add(offset_of!(Grown, d)).write(2) };
+        // SAFETY: the struct is readable.
+        let e = unsafe { read(p.cast_const(), "o") }.expect_err("bool 2");
+        assert!(e.message.contains("o.d is 2"), "{}", e.message);
+        // Past the declared size the same byte is not read at all.
+        // SAFETY: as above.
+        unsafe { p.cast::<u32>().write(Grown::FIRST_SIZE as u32) };
+        // SAFETY: as above.
+        let v = unsafe { read(p.cast_const(), "o") }.expect("d is past size");
+        assert!(!v.d);
+    }
+
+    /// The real structs: a first-version size reads back every field.
+    #[test]
+    fn the_real_structs_round_trip() {
+        let mut o = netev_connection_options::default();
+        init_sized(&raw mut o, size_of::<netev_connection_options>(), "o").expect("init");
+        o.no_delay = true;
+        o.send_buffer_limit = 5;
+        o.dispatcher = 42;
+        // SAFETY: a whole struct.
+        let v = unsafe { read(&raw const o, "o") }.expect("read");
+        assert!(v.same_as(&o));
+        let l = netev_listener_options {
+            reuse_port: true,
+            ..Default::default()
+        };
+        // SAFETY: a whole struct.
+        let v = unsafe { read(&raw const l, "l") }.expect("read");
+        assert!(v.reuse_port && v.connection_defaults.is_null());
+        let r = netev_runtime_options {
+            size: 8,
+            worker_threads: 3,
+        };
+        // SAFETY: a whole struct.
+        let v = unsafe { read(&raw const r, "r") }.expect("read");
+        assert_eq!(v.worker_threads, 3);
+    }
+}
