@@ -27,18 +27,16 @@
 //! what an older library checks for zero). Never embed one options struct
 //! in another by value. `FIRST_SIZE` never changes.
 
-use crate::connection::netev_connection_options;
 use crate::error::{Error, Result};
-use crate::listener::netev_listener_options;
-use crate::runtime::netev_runtime_options;
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 
 /// The largest `size` an options struct may declare: no version of any
 /// options struct will be that large, so a larger one is refused as
 /// uninitialised. The accept callback's options have this much room.
 pub const NETEV_OPTIONS_SIZE_MAX: u32 = 4096;
 
-/// An options struct that can grow.
+/// An options struct that can grow (each implements it beside its
+/// definition).
 ///
 /// # Safety
 ///
@@ -55,39 +53,6 @@ pub unsafe trait Versioned: Copy + Default {
     /// The `bool` fields (name, offset): a byte other than 0 or 1 there is
     /// not a C `bool`, and no Rust `bool` either.
     const BOOLS: &'static [(&'static str, usize)];
-}
-
-// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
-// its fields are callbacks (Option<fn>), pointers, numbers and two bools.
-unsafe impl Versioned for netev_connection_options {
-    const NAME: &'static str = "netev_connection_options";
-    const FIRST_SIZE: usize = offset_of!(netev_connection_options, dispatcher)
-        + size_of::<crate::registry::netev_dispatcher>();
-    const BOOLS: &'static [(&'static str, usize)] = &[
-        ("no_delay", offset_of!(netev_connection_options, no_delay)),
-        (
-            "allow_half_open",
-            offset_of!(netev_connection_options, allow_half_open),
-        ),
-    ];
-}
-
-// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
-// its fields are callbacks, pointers, numbers and one bool.
-unsafe impl Versioned for netev_listener_options {
-    const NAME: &'static str = "netev_listener_options";
-    const FIRST_SIZE: usize = offset_of!(netev_listener_options, dispatcher)
-        + size_of::<crate::registry::netev_dispatcher>();
-    const BOOLS: &'static [(&'static str, usize)] =
-        &[("reuse_port", offset_of!(netev_listener_options, reuse_port))];
-}
-
-// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
-// its other field is a number.
-unsafe impl Versioned for netev_runtime_options {
-    const NAME: &'static str = "netev_runtime_options";
-    const FIRST_SIZE: usize = offset_of!(netev_runtime_options, worker_threads) + size_of::<u32>();
-    const BOOLS: &'static [(&'static str, usize)] = &[];
 }
 
 /// A host's `size`: at least the first version, at most the maximum.
@@ -188,6 +153,10 @@ pub unsafe fn read<T: Versioned>(p: *const T, name: &str) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::netev_connection_options;
+    use crate::listener::netev_listener_options;
+    use crate::runtime::netev_runtime_options;
+    use std::mem::offset_of;
 
     /// The first versions are the 0.2 layout (on a 64-bit target), forever.
     #[cfg(target_pointer_width = "64")]

@@ -109,6 +109,18 @@ impl Default for netev_listener_options {
     }
 }
 
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks, pointers, numbers and one bool.
+unsafe impl abi::Versioned for netev_listener_options {
+    const NAME: &'static str = "netev_listener_options";
+    const FIRST_SIZE: usize = std::mem::offset_of!(netev_listener_options, dispatcher)
+        + std::mem::size_of::<netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] = &[(
+        "reuse_port",
+        std::mem::offset_of!(netev_listener_options, reuse_port),
+    )];
+}
+
 const DEFAULT_BACKLOG: u32 = 1024;
 /// Accepted connections a dispatcher-bound listener may hold while its
 /// host has not run the accept callbacks: past it, the kernel's backlog

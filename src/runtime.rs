@@ -31,6 +31,15 @@ impl Default for netev_runtime_options {
     }
 }
 
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its other field is a number.
+unsafe impl crate::abi::Versioned for netev_runtime_options {
+    const NAME: &'static str = "netev_runtime_options";
+    const FIRST_SIZE: usize =
+        std::mem::offset_of!(netev_runtime_options, worker_threads) + std::mem::size_of::<u32>();
+    const BOOLS: &'static [(&'static str, usize)] = &[];
+}
+
 /// What runs while netev runs.
 struct Runtime {
     loops: Vec<Loop>,

@@ -140,6 +140,24 @@ impl Default for netev_connection_options {
     }
 }
 
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks (Option<fn>), pointers, numbers and two bools.
+unsafe impl crate::abi::Versioned for netev_connection_options {
+    const NAME: &'static str = "netev_connection_options";
+    const FIRST_SIZE: usize = std::mem::offset_of!(netev_connection_options, dispatcher)
+        + std::mem::size_of::<netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] = &[
+        (
+            "no_delay",
+            std::mem::offset_of!(netev_connection_options, no_delay),
+        ),
+        (
+            "allow_half_open",
+            std::mem::offset_of!(netev_connection_options, allow_half_open),
+        ),
+    ];
+}
+
 /// Seconds a connect may take when `connection_timeout` is 0.
 pub const NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS: u64 = 30;
 /// Bytes `send` may queue when `send_buffer_limit` is 0.
