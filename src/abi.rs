@@ -5,10 +5,9 @@
 //! older header passes a smaller struct, one compiled against a newer
 //! header a larger one, so netev never assumes its own `sizeof`:
 //!
-//! - `init_sized(p, size)` writes exactly `size` bytes: the defaults of the
-//!   fields this version knows, zeros for any bytes past them (every
-//!   default is zero, so those are the defaults of fields a newer header
-//!   appended), and `size` itself.
+//! - `init_sized(p, size)` writes exactly `size` bytes: zeros, the default
+//!   of every field of every version (those a newer header appended too),
+//!   and `size` itself.
 //! - `read(p)` reads only the first `size` bytes into a defaulted struct:
 //!   fields past them take their defaults. Bytes past this version's own
 //!   struct (a newer header's fields) must be zero, their defaults: a
@@ -76,22 +75,19 @@ fn check_size<T: Versioned>(size: usize, name: &str) -> Result<()> {
 }
 
 /// `netev_*_options_init_sized`: fills the host's `size` bytes at `p` with
-/// the defaults (zeros past this version's fields) and sets its `size`.
-/// Writes nothing when it fails.
+/// the defaults (all zero bytes: Versioned's contract, and the header's
+/// rule for every field of every version) and sets its `size`. Writes
+/// nothing when it fails.
 pub fn init_sized<T: Versioned>(p: *mut T, size: usize, name: &str) -> Result<()> {
     if p.is_null() {
         return Err(Error::null(name));
     }
     check_size::<T>(size, "size")?;
-    let defaults = T::default();
-    let ours = size_of::<T>().min(size);
     // SAFETY: the host promises `size` writable bytes at `p` (that is what
-    // it passes `size` for); `defaults` has size_of::<T>() >= `ours`
-    // readable bytes; byte copies need no alignment; no overlap (a local).
+    // it passes `size` for), and `size` >= FIRST_SIZE > 4; byte writes and
+    // write_unaligned need no alignment.
     unsafe {
-        let dst = p.cast::<u8>();
-        std::ptr::copy_nonoverlapping((&raw const defaults).cast::<u8>(), dst, ours);
-        std::ptr::write_bytes(dst.add(ours), 0, size - ours);
+        std::ptr::write_bytes(p.cast::<u8>(), 0, size);
         // `size` fits: check_size bounded it by NETEV_OPTIONS_SIZE_MAX.
         p.cast::<u32>().write_unaligned(size as u32);
     }
@@ -111,40 +107,47 @@ pub unsafe fn read<T: Versioned>(p: *const T, name: &str) -> Result<T> {
     if p.is_null() {
         return Ok(value);
     }
+    let base = p.cast::<u8>();
     // SAFETY: non-NULL; every options struct starts with a u32 `size`, and
     // read_unaligned tolerates any alignment.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
     check_size::<T>(size, name)?;
-    // SAFETY: the caller promises `size` readable bytes at `p`; check_size
-    // bounded `size`, so the slice is no larger than the host said.
-    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
     let ours = size_of::<T>().min(size);
+    // Bytes are read one by one (never as a slice over the struct, whose
+    // padding may be uninitialised when it is netev's own, as in the
+    // accept callback's room).
     for &(field, offset) in T::BOOLS {
-        // `ours` <= `size` = bytes.len(): a bool past `size` is not read.
-        if offset < ours && bytes[offset] > 1 {
+        if offset >= ours {
+            continue; // past the host's struct: the default
+        }
+        // SAFETY: offset < ours <= size: inside the host's struct.
+        let b = unsafe { base.add(offset).read() };
+        if b > 1 {
             return Err(Error::invalid(format!(
-                "{name}.{field} is {}: a bool is 0 (false) or 1 (true)",
-                bytes[offset]
+                "{name}.{field} is {b}: a bool is 0 (false) or 1 (true)"
             )));
         }
     }
-    if let Some(at) = bytes[ours..].iter().position(|&b| b != 0) {
-        return Err(Error::invalid(format!(
-            "{name} sets a field at byte {} that this netev ({}) does not know \
-             ({} ends at byte {}): it needs a newer libnetev",
-            ours + at,
-            env!("CARGO_PKG_VERSION"),
-            T::NAME,
-            size_of::<T>()
-        )));
+    for at in ours..size {
+        // SAFETY: at < size: inside the host's struct.
+        if unsafe { base.add(at).read() } != 0 {
+            return Err(Error::invalid(format!(
+                "{name} sets a field at byte {at} that this netev ({}) does not know \
+                 ({} ends at byte {}): it needs a newer libnetev",
+                env!("CARGO_PKG_VERSION"),
+                T::NAME,
+                size_of::<T>()
+            )));
+        }
     }
-    // SAFETY: `bytes` has `ours` bytes and `value` size_of::<T>() >= ours;
-    // no overlap (a local). Every byte pattern is a valid value of every
-    // field (Versioned's contract) but the bools, checked above; bytes of a
-    // field cut by `size` (never the case for a size some header gave)
-    // would still only make a valid number or pointer.
+    // SAFETY: `ours` bytes are readable at `base` (ours <= size) and
+    // writable in `value` (ours <= size_of::<T>()); no overlap (a local).
+    // Every byte pattern is a valid value of every field (Versioned's
+    // contract) but the bools, checked above; bytes of a field cut by
+    // `size` (never the case for a size some header gave) would still only
+    // make a valid number or pointer.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut value).cast::<u8>(), ours);
+        std::ptr::copy_nonoverlapping(base, (&raw mut value).cast::<u8>(), ours);
         (&raw mut value).cast::<u32>().write(size_of::<T>() as u32);
     }
     Ok(value)
@@ -321,6 +324,47 @@ mod tests {
         // SAFETY: as above.
         let v = unsafe { read(p.cast_const(), "o") }.expect("d is past size");
         assert!(!v.d);
+    }
+
+    /// init_sized writes zeros, so each Default must be zeros: the same
+    /// fields as a zeroed struct with its size (Versioned's contract).
+    #[test]
+    fn defaults_are_zero_bytes() {
+        let mut o = netev_connection_options {
+            no_delay: true,
+            ..Default::default()
+        };
+        init_sized(&raw mut o, size_of::<netev_connection_options>(), "o").expect("init");
+        assert!(o.same_as(&netev_connection_options::default()));
+        let mut l = netev_listener_options {
+            backlog: 9,
+            reuse_port: true,
+            ..Default::default()
+        };
+        init_sized(&raw mut l, size_of::<netev_listener_options>(), "l").expect("init");
+        let d = netev_listener_options::default();
+        assert!(
+            l.size == d.size
+                && l.on_connection.is_none()
+                && d.on_connection.is_none()
+                && l.on_error.is_none()
+                && d.on_error.is_none()
+                && l.on_terminate.is_none()
+                && d.on_terminate.is_none()
+                && l.user_data == d.user_data
+                && l.bind_address == d.bind_address
+                && l.backlog == d.backlog
+                && l.reuse_port == d.reuse_port
+                && l.connection_defaults == d.connection_defaults
+                && l.dispatcher == d.dispatcher
+        );
+        let mut r = netev_runtime_options {
+            size: 0,
+            worker_threads: 5,
+        };
+        init_sized(&raw mut r, size_of::<netev_runtime_options>(), "r").expect("init");
+        let d = netev_runtime_options::default();
+        assert!(r.size == d.size && r.worker_threads == d.worker_threads);
     }
 
     /// The real structs: a first-version size reads back every field.

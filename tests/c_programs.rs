@@ -194,6 +194,9 @@ c_tests!(
     shutdown_waits_terminate,
     shutdown_races,
     review_findings,
+    // an ABI that can grow: options structs read and written by their size
+    abi_sizes,
+    abi_guard_page,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );
