@@ -54,11 +54,12 @@ pub unsafe trait Versioned: Copy + Default {
     const BOOLS: &'static [(&'static str, usize)];
 }
 
-/// A host's `size`: at least the first version, at most the maximum.
-fn check_size<T: Versioned>(size: usize, name: &str) -> Result<()> {
+/// A host's `size` (`what` and `suffix` name it): at least the first
+/// version, at most the maximum.
+fn check_size<T: Versioned>(size: usize, what: &str, suffix: &str) -> Result<()> {
     if size < T::FIRST_SIZE {
         return Err(Error::invalid(format!(
-            "{name}.size is {size}, below {}, the size of {} in its first version \
+            "{what}{suffix} is {size}, below {}, the size of {} in its first version \
              (netev 0.2): initialise it with its _init function",
             T::FIRST_SIZE,
             T::NAME
@@ -66,7 +67,7 @@ fn check_size<T: Versioned>(size: usize, name: &str) -> Result<()> {
     }
     if size > NETEV_OPTIONS_SIZE_MAX as usize {
         return Err(Error::invalid(format!(
-            "{name}.size is {size}, above NETEV_OPTIONS_SIZE_MAX ({NETEV_OPTIONS_SIZE_MAX}): \
+            "{what}{suffix} is {size}, above NETEV_OPTIONS_SIZE_MAX ({NETEV_OPTIONS_SIZE_MAX}): \
              no version of {} is that large (an uninitialised struct?)",
             T::NAME
         )));
@@ -82,7 +83,7 @@ pub fn init_sized<T: Versioned>(p: *mut T, size: usize, name: &str) -> Result<()
     if p.is_null() {
         return Err(Error::null(name));
     }
-    check_size::<T>(size, "size")?;
+    check_size::<T>(size, "size", "")?;
     // SAFETY: the host promises `size` writable bytes at `p` (that is what
     // it passes `size` for), and `size` >= FIRST_SIZE > 4; byte writes and
     // write_unaligned need no alignment.
@@ -111,7 +112,7 @@ pub unsafe fn read<T: Versioned>(p: *const T, name: &str) -> Result<T> {
     // SAFETY: non-NULL; every options struct starts with a u32 `size`, and
     // read_unaligned tolerates any alignment.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    check_size::<T>(size, name)?;
+    check_size::<T>(size, name, ".size")?;
     let ours = size_of::<T>().min(size);
     // Bytes are read one by one (never as a slice over the struct, whose
     // padding may be uninitialised when it is netev's own, as in the

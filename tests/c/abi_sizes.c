@@ -12,8 +12,10 @@
  *    runtime_init): a size below the first version, above the maximum
  *    (the struct at a PROT_NONE guard: nothing past it is read), or
  *    UINT32_MAX gives NETEV_ERR_INVALID_ARGUMENT; a larger size whose extra
- *    bytes are zero is taken; one non-zero byte there (the first or the
- *    last) gives NETEV_ERR_INVALID_ARGUMENT naming it as a field this
+ *    bytes are zero (40 more, NETEV_OPTIONS_SIZE_MAX) is taken; one
+ *    non-zero byte past the library's struct (the last of the largest size;
+ *    built against the current header, also the first and the last of 40
+ *    more) gives NETEV_ERR_INVALID_ARGUMENT naming it as a field this
  *    library does not know; a bool field holding 2 gives
  *    NETEV_ERR_INVALID_ARGUMENT naming the field; the first version's size
  *    with garbage in the bytes after it is taken (bytes past `size` are
@@ -26,7 +28,12 @@
  *    grows `size` by 16 and sets a byte there (a field this library does
  *    not know) and accepts: the client's socket is closed, the listener
  *    gets an ERROR NETEV_ERR_INVALID_ARGUMENT naming the unknown field,
- *    and the options' user_data_free runs once. */
+ *    and the options' user_data_free runs once.
+ *
+ * tests/c_programs.rs also builds it against the header as released
+ * (defining NETEV_TEST_RELEASED_HEADER), whose structs may be smaller than
+ * the library's: nothing here then assumes this header's sizes are the
+ * library's. */
 #include "common_listener.h"
 
 #include <stdatomic.h>
@@ -192,14 +199,27 @@ static void check_reader(const char *name, init_fn init, read_fn read, size_t he
   size_t big = header_size + 40;
   PREPARE(big);
   expect(read(r.bytes), NETEV_OK, name, "40 more bytes, all zero");
-  const size_t unknown[] = {header_size, big - 1};
-  for (size_t i = 0; i < 2; i++) {
-    PREPARE(big);
-    r.bytes[unknown[i]] = 1;
-    snprintf(what, sizeof what, "byte %zu (past this library's struct) set", unknown[i]);
+  PREPARE(NETEV_OPTIONS_SIZE_MAX);
+  expect(read(r.bytes), NETEV_OK, name, "NETEV_OPTIONS_SIZE_MAX bytes, all zero");
+  /* A non-zero byte where no version of the struct has a field yet: the
+   * last byte of the largest size and, when this header is the library's
+   * own, the first byte past its struct. */
+  const struct {
+    size_t size, at;
+  } unknown[] = {{NETEV_OPTIONS_SIZE_MAX, NETEV_OPTIONS_SIZE_MAX - 1},
+#ifndef NETEV_TEST_RELEASED_HEADER
+                 {big, header_size},
+                 {big, big - 1},
+#endif
+  };
+  for (size_t i = 0; i < sizeof unknown / sizeof *unknown; i++) {
+    PREPARE(unknown[i].size);
+    r.bytes[unknown[i].at] = 1;
+    snprintf(what, sizeof what, "byte %zu of %zu (past this library's struct) set", unknown[i].at,
+             unknown[i].size);
     expect(read(r.bytes), NETEV_ERR_INVALID_ARGUMENT, name, what);
     char want[64];
-    snprintf(want, sizeof want, "field at byte %zu", unknown[i]);
+    snprintf(want, sizeof want, "field at byte %zu", unknown[i].at);
     check_message(want, what);
     check_message("does not know", what);
   }
