@@ -115,11 +115,14 @@ int main(int argc, char **argv) {
     check(netev_dispatcher_fd(d, &dfd), "dispatcher_fd");
   }
 
+  netev_connection_options defaults;
+  check(netev_connection_options_init(&defaults), "connection_options_init");
+  defaults.on_data = on_data;
+  defaults.no_delay = true;
   netev_listener_options lo;
   check(netev_listener_options_init(&lo), "listener_options_init");
   lo.on_error = on_listener_error;
-  lo.connection_defaults.on_data = on_data;
-  lo.connection_defaults.no_delay = true;
+  lo.connection_defaults = &defaults;
   lo.dispatcher = d; /* accepted connections inherit it */
   netev_listener listener;
   check(netev_listener_open((uint16_t)port, &lo, &listener), "listener_open");

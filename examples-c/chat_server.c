@@ -249,15 +249,20 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  /* What every accepted connection starts from; netev copies it in open. */
+  netev_connection_options defaults;
+  check(netev_connection_options_init(&defaults), "connection_options_init");
+  defaults.on_connection = on_connection;
+  defaults.on_data = on_data;
+  defaults.on_end = on_end;
+  defaults.on_error = on_error;
+  defaults.on_terminate = on_terminate;
+  defaults.no_delay = true;
+
   netev_listener_options options;
   check(netev_listener_options_init(&options), "listener_options_init");
   options.on_connection = on_incoming;
-  options.connection_defaults.on_connection = on_connection;
-  options.connection_defaults.on_data = on_data;
-  options.connection_defaults.on_end = on_end;
-  options.connection_defaults.on_error = on_error;
-  options.connection_defaults.on_terminate = on_terminate;
-  options.connection_defaults.no_delay = true;
+  options.connection_defaults = &defaults;
 
   netev_listener listener;
   check(netev_listener_open((uint16_t)port, &options, &listener), "listener_open");

@@ -289,13 +289,17 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  netev_connection_options defaults; /* copied by listener_open */
+  check(netev_connection_options_init(&defaults), "connection_options_init");
+  defaults.on_data = on_data;
+  defaults.on_error = on_error;
+  defaults.no_delay = true; /* small responses: no Nagle delay */
+  defaults.idle_timeout = 30;
+
   netev_listener_options options;
   check(netev_listener_options_init(&options), "listener_options_init");
   options.on_connection = on_incoming;
-  options.connection_defaults.on_data = on_data;
-  options.connection_defaults.on_error = on_error;
-  options.connection_defaults.no_delay = true; /* small responses: no Nagle delay */
-  options.connection_defaults.idle_timeout = 30;
+  options.connection_defaults = &defaults;
 
   netev_listener listener;
   check(netev_listener_open((uint16_t)port, &options, &listener), "listener_open");

@@ -24,9 +24,16 @@
 
 #define NETEV_VERSION_MAJOR 0
 
-#define NETEV_VERSION_MINOR 1
+#define NETEV_VERSION_MINOR 2
 
 #define NETEV_VERSION_PATCH 0
+
+/**
+ * The largest `size` an options struct may declare: no version of any
+ * options struct will be that large, so a larger one is refused as
+ * uninitialised. The accept callback's options have this much room.
+ */
+#define NETEV_OPTIONS_SIZE_MAX 4096
 
 /**
  * Seconds a connect may take when `connection_timeout` is 0.
@@ -47,11 +54,6 @@
  * Length of `netev_event.ip`: room for any IPv6 text form and its NUL.
  */
 #define NETEV_IP_TEXT_LEN 46
-
-/**
- * Slices handed to one vectored write (1 MiB of full chunks).
- */
-#define MAX_SLICES 16
 
 /**
  * Result of every netev call that can fail. The numbers are fixed forever,
@@ -209,11 +211,14 @@ typedef uint64_t netev_dispatcher;
 
 /**
  * How a connection behaves. Fill it with `netev_connection_options_init`,
- * then set what you need; netev copies it during the open call.
+ * then set what you need; netev copies it during the open call (its first
+ * `size` bytes: see NETEV_OPTIONS_HAS and "Versions" at the end of this
+ * header).
  */
 typedef struct netev_connection_options {
   /**
-   * sizeof(netev_connection_options), set by netev_connection_options_init.
+   * sizeof(netev_connection_options) as the host's header declares it,
+   * set by netev_connection_options_init: which fields the host has.
    */
   uint32_t size;
   /**
@@ -322,6 +327,15 @@ typedef struct netev_error_info {
  * accept, or return false to close the socket at once. If the options
  * returned with true are invalid, the socket is closed, the listener gets
  * an ERROR, and their `user_data_free` (if set) is called once.
+ *
+ * `options` is netev's: its `size` is this library's
+ * sizeof(netev_connection_options), and it has room for
+ * NETEV_OPTIONS_SIZE_MAX bytes, zero past the library's fields. Fields
+ * past `options->size` do not exist in this library: check with
+ * NETEV_OPTIONS_HAS before setting one (set anyway, it makes the options
+ * invalid, as above). They are read as any options are: resetting them
+ * with netev_connection_options_init(options) is allowed, and then fields
+ * past the new `size` take their defaults.
  */
 typedef bool (*netev_accept_callback)(netev_listener listener,
                                       const struct netev_event *event,
@@ -337,11 +351,13 @@ typedef void (*netev_listener_callback)(netev_listener listener,
 
 /**
  * How a listener behaves. Fill it with `netev_listener_options_init`;
- * netev copies it (and `bind_address`) during the open call.
+ * netev copies it (its first `size` bytes), `bind_address` and
+ * `connection_defaults` during the open call.
  */
 typedef struct netev_listener_options {
   /**
-   * sizeof(netev_listener_options), set by netev_listener_options_init.
+   * sizeof(netev_listener_options) as the host's header declares it,
+   * set by netev_listener_options_init: which fields the host has.
    */
   uint32_t size;
   /**
@@ -375,9 +391,13 @@ typedef struct netev_listener_options {
    */
   bool reuse_port;
   /**
-   * Options each accepted connection starts from.
+   * Options each accepted connection starts from (and the accept
+   * callback gets pre-filled); NULL = the defaults of
+   * netev_connection_options_init. netev copies them (their first
+   * `size` bytes) during the open call. When their `dispatcher` is 0,
+   * accepted connections use the listener's `dispatcher`.
    */
-  struct netev_connection_options connection_defaults;
+  const struct netev_connection_options *connection_defaults;
   /**
    * Dispatcher that runs the listener's callbacks; 0 = netev's threads.
    */
@@ -389,7 +409,8 @@ typedef struct netev_listener_options {
  */
 typedef struct netev_runtime_options {
   /**
-   * sizeof(netev_runtime_options), set by netev_runtime_options_init.
+   * sizeof(netev_runtime_options) as the host's header declares it,
+   * set by netev_runtime_options_init: which fields the host has.
    */
   uint32_t size;
   /**
@@ -434,9 +455,33 @@ size_t netev_last_error_message(char *buf, size_t capacity);
 const char *netev_version(void);
 
 /**
- * Fills `options` with the defaults: every callback, pointer and handle
- * NULL/0, every bool false, every number 0 (the documented default), and
- * `size`. Returns NETEV_ERR_NULL_ARGUMENT if `options` is NULL.
+ * Fills the `size` bytes at `options` with the defaults — every callback,
+ * pointer and handle NULL/0, every bool false, every number 0 (the
+ * documented default), zeros for fields this library does not know — and
+ * sets `options->size` to `size`. Writes exactly `size` bytes, and none
+ * when it fails.
+ *
+ * `size` is sizeof(netev_connection_options) as the caller's header
+ * declares it, which the netev_connection_options_init macro passes: a
+ * host compiled against an older header has a smaller struct, one compiled
+ * against a newer header a larger one (see "Versions" at the end of this
+ * header). A binding passes the size of its own struct.
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+ * netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+ */
+enum netev_status netev_connection_options_init_sized(struct netev_connection_options *options,
+                                                      size_t size);
+
+/**
+ * netev_connection_options_init_sized with this library's own
+ * sizeof(netev_connection_options). In C and C++ the macro of the same
+ * name, defined at the end of this header, replaces calls to it with
+ * `_sized` and the size of the caller's struct: this exported function
+ * serves bindings that mirror this version's header exactly (calling
+ * `_sized` with the size of their own struct keeps working with a newer
+ * library). Returns NETEV_ERR_NULL_ARGUMENT if `options` is NULL.
  */
 enum netev_status netev_connection_options_init(struct netev_connection_options *options);
 
@@ -447,7 +492,8 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  * name resolves to in turn, all within `connection_timeout`. A failure
  * then arrives as ERROR and TERMINATE and lands in the errors list.
  *
- * `options` may be NULL for the defaults; netev copies it. The caller owns
+ * `options` may be NULL for the defaults; netev copies it (its first
+ * `size` bytes; fields past them take their defaults). The caller owns
  * the handle and gives it back with `netev_connection_release`. `*out` is
  * written before any callback can run, but callbacks may run (on netev's
  * threads) before this returns: have them use the handle they are given.
@@ -457,8 +503,9 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  *
  * Returns NETEV_ERR_NULL_ARGUMENT (`address` or `out` NULL),
  * NETEV_ERR_INVALID_ARGUMENT (invalid UTF-8, empty address, port 0, a
- * negative or NaN number of seconds, a keepalive above 32767 s, `size`
- * not set),
+ * negative or NaN number of seconds, a keepalive above 32767 s, a bool
+ * other than 0 or 1, `size` not set by an init function, a field past
+ * this library's struct set: see "Versions"),
  * NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
  * NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
  */
@@ -609,9 +656,27 @@ enum netev_status netev_connection_error_at(netev_connection conn,
                                             struct netev_error_info *out);
 
 /**
- * Fills `options` with the defaults: callbacks, pointers and handles
- * NULL/0, `backlog` 0 (1024), `reuse_port` false, `connection_defaults` as
- * netev_connection_options_init leaves them, and `size`.
+ * Fills the `size` bytes at `options` with the defaults — callbacks,
+ * pointers and handles NULL/0 (`connection_defaults` NULL: the defaults
+ * of netev_connection_options_init), `backlog` 0 (1024), `reuse_port`
+ * false, zeros for fields this library does not know — and sets
+ * `options->size` to `size`. Writes exactly `size` bytes, and none when
+ * it fails. `size` is sizeof(netev_listener_options) as the caller's
+ * header declares it, which the netev_listener_options_init macro passes
+ * (see "Versions" at the end of this header).
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+ * netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+ */
+enum netev_status netev_listener_options_init_sized(struct netev_listener_options *options,
+                                                    size_t size);
+
+/**
+ * netev_listener_options_init_sized with this library's own
+ * sizeof(netev_listener_options), for bindings that mirror this version's
+ * header exactly; in C and C++ the macro of the same name replaces calls
+ * to it (see netev_connection_options_init).
  * Returns NETEV_ERR_NULL_ARGUMENT.
  */
 enum netev_status netev_listener_options_init(struct netev_listener_options *options);
@@ -620,8 +685,11 @@ enum netev_status netev_listener_options_init(struct netev_listener_options *opt
  * Listens on `port` (0 picks a free one: see `netev_listener_port`) and
  * stores the listener's handle in `*out`. Binding happens now, so a port
  * in use fails here; accepting runs in the background. SO_REUSEADDR is
- * always set. `options` may be NULL for the defaults; netev copies it and
- * `bind_address`. The caller owns the handle until `netev_listener_release`.
+ * always set. `options` may be NULL for the defaults; netev copies it
+ * (its first `size` bytes), `bind_address`, and the connection options
+ * `connection_defaults` points at (their first `size` bytes), so none of
+ * them need outlive the call. The caller owns the handle until
+ * `netev_listener_release`.
  *
  * Each incoming connection is offered to `on_connection` (on netev's I/O
  * threads, or the dispatcher's thread); an accepted connection is owned
@@ -631,7 +699,9 @@ enum netev_status netev_listener_options_init(struct netev_listener_options *opt
  * over several threads, open one listener per thread with `reuse_port`.
  *
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (bad
- * `bind_address`, bad `connection_defaults`, `size` not set),
+ * `bind_address`, bad `connection_defaults`, a bool other than 0 or 1,
+ * `size` of either struct not set by an init function, a field past this
+ * library's struct set: see "Versions"),
  * NETEV_ERR_INVALID_HANDLE (unknown dispatcher), NETEV_ERR_ADDRESS_IN_USE,
  * NETEV_ERR_PERMISSION_DENIED (a privileged port), NETEV_ERR_IO.
  */
@@ -728,16 +798,36 @@ enum netev_status netev_dispatcher_fd(netev_dispatcher d, int *fd);
 enum netev_status netev_dispatcher_release(netev_dispatcher d);
 
 /**
- * Fills `options` with the defaults (`worker_threads` 0: one per core).
+ * Fills the `size` bytes at `options` with the defaults (`worker_threads`
+ * 0: one per core; zeros for fields this library does not know) and sets
+ * `options->size` to `size`. Writes exactly `size` bytes, and none when
+ * it fails. `size` is sizeof(netev_runtime_options) as the caller's
+ * header declares it, which the netev_runtime_options_init macro passes
+ * (see "Versions" at the end of this header).
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+ * netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+ */
+enum netev_status netev_runtime_options_init_sized(struct netev_runtime_options *options,
+                                                   size_t size);
+
+/**
+ * netev_runtime_options_init_sized with this library's own
+ * sizeof(netev_runtime_options), for bindings that mirror this version's
+ * header exactly; in C and C++ the macro of the same name replaces calls
+ * to it (see netev_connection_options_init).
  * Returns NETEV_ERR_NULL_ARGUMENT.
  */
 enum netev_status netev_runtime_options_init(struct netev_runtime_options *options);
 
 /**
- * Starts netev's runtime with `options` (NULL: defaults). Optional: the
- * first open starts it with defaults.
+ * Starts netev's runtime with `options` (NULL: defaults; netev reads their
+ * first `size` bytes). Optional: the first open starts it with defaults.
  * Returns NETEV_ERR_INVALID_ARGUMENT when it already runs (shut it down
- * first) or the options are bad, NETEV_ERR_SHUTDOWN in a forked child.
+ * first) or the options are bad (`size` not set by an init function, a
+ * field past this library's struct set: see "Versions"),
+ * NETEV_ERR_SHUTDOWN in a forked child.
  */
 enum netev_status netev_runtime_init(const struct netev_runtime_options *options);
 
@@ -800,4 +890,52 @@ enum netev_status netev_log_set_callback(netev_log_callback callback, void *user
 }  // extern "C"
 #endif  // __cplusplus
 
-#endif  /* NETEV_H */
+/* Versions: options structs that can grow.
+ *
+ * Every options struct starts with `size`: the struct's sizeof as the
+ * caller's header declares it. Fields are only ever appended, so one
+ * library works with hosts compiled against older and newer headers of its
+ * SONAME alike (as Windows' cbSize and Vulkan's sType let structs grow):
+ *
+ * - The init macros below pass the size of the caller's struct to the
+ *   exported _sized function, which writes exactly that many bytes: the
+ *   defaults (all zero bytes, but `size`) of every field, those this
+ *   library does not know included.
+ * - Every function that reads an options struct reads only its first
+ *   `size` bytes; fields past them (appended after the caller's header)
+ *   take their defaults.
+ * - Bytes past this library's own struct (fields a newer header appended)
+ *   must be zero, their defaults: anything else gives
+ *   NETEV_ERR_INVALID_ARGUMENT (this library cannot do what they ask, and
+ *   says so rather than ignoring them). A newer host that leaves those
+ *   fields at their defaults works unchanged.
+ * - A `size` below the struct's first version (its netev 0.2 layout) was
+ *   never set by an init function, and one above NETEV_OPTIONS_SIZE_MAX
+ *   is no version's: both give NETEV_ERR_INVALID_ARGUMENT, and nothing
+ *   past `size` is read or written.
+ * - No options struct is embedded in another by value (a listener's
+ *   connection_defaults is a pointer). A layout change that is not an
+ *   append changes the SONAME.
+ *
+ * The exported plain functions (netev_connection_options_init …) write
+ * the library's own sizeof, for bindings that mirror this header exactly;
+ * calling _sized with the size of their own struct is better. In C, the
+ * plain function is still reachable past the macro as
+ * (netev_connection_options_init)(&options). */
+
+/* Whether the options struct at `options`, of type `type`, has `field`:
+ * its `size` reaches past the field's end. Check it before touching a
+ * field of a struct that may come from another version, such as the
+ * options a listener's on_connection receives (the library's, whose size
+ * is the library's). */
+#define NETEV_OPTIONS_HAS(options, type, field) \
+  (offsetof(type, field) + sizeof(((type *)0)->field) <= (options)->size)
+
+#define netev_connection_options_init(options) \
+  netev_connection_options_init_sized((options), sizeof(netev_connection_options))
+#define netev_listener_options_init(options) \
+  netev_listener_options_init_sized((options), sizeof(netev_listener_options))
+#define netev_runtime_options_init(options) \
+  netev_runtime_options_init_sized((options), sizeof(netev_runtime_options))
+
+#endif /* NETEV_H */

@@ -676,9 +676,13 @@ class Listener {
     c.backlog = options.backlog;
     c.reuse_port = options.reuse_port;
     c.dispatcher = options.dispatcher;
-    // The numbers are validated by netev here; the callbacks are added per
-    // connection by the accept trampoline.
-    detail::write_numbers(options.connection_defaults, c.connection_defaults);
+    // The numbers are validated by netev here (it copies them during the
+    // call); the callbacks are added per connection by the accept
+    // trampoline.
+    netev_connection_options defaults;
+    detail::check(netev_connection_options_init(&defaults), "netev_connection_options_init");
+    detail::write_numbers(options.connection_defaults, defaults);
+    c.connection_defaults = &defaults;
     std::unique_ptr<detail::ListenerBlock> block(new detail::ListenerBlock(std::move(options)));
     c.on_connection = &detail::ListenerBlock::accept;
     c.on_error = &detail::ListenerBlock::error;

@@ -2,18 +2,22 @@
 # Builds netev in release mode and installs it into PREFIX the way a C
 # library is installed:
 #
-#   PREFIX/lib/libnetev.so.X.Y.Z        the shared library, SONAME libnetev.so.X
-#   PREFIX/lib/libnetev.so.X            -> libnetev.so.X.Y.Z (what programs load)
-#   PREFIX/lib/libnetev.so              -> libnetev.so.X     (what -lnetev finds)
+#   PREFIX/lib/libnetev.so.X.Y.Z        the shared library, SONAME libnetev.so.ABI
+#   PREFIX/lib/libnetev.so.ABI          -> libnetev.so.X.Y.Z (what programs load)
+#   PREFIX/lib/libnetev.so              -> libnetev.so.ABI   (what -lnetev finds)
 #   PREFIX/lib/libnetev.a               the static library
 #   PREFIX/include/netev.h              the C header (and netev.hpp, the C++ one)
 #   PREFIX/lib/pkgconfig/netev.pc       for pkg-config
 #   PREFIX/lib/cmake/netev/             for CMake's find_package(netev):
 #                                       targets netev::netev and netev::netev_static
 #
-# X is the ABI major: the major of the version in Cargo.toml. Programs record
-# libnetev.so.X, so an install of a later X.* replaces the library under them
-# and an install of another major sits beside it.
+# ABI is the ABI version of the version X.Y.Z in Cargo.toml, by Cargo's rule
+# for what is compatible: X from 1.0.0 on; 0.Y before (0.2.Z and 0.3.Z are as
+# different as 1.Z and 2.Z), so netev 0.2.0 installs libnetev.so.0.2. Only an
+# incompatible ABI change bumps it. Programs record libnetev.so.ABI, so an
+# install of a later release of the same ABI replaces the library under them
+# and one of another ABI sits beside it. build.rs derives the same name and
+# refuses any other NETEV_SONAME.
 #
 # Usage: scripts/install.sh PREFIX
 #   DESTDIR=/stage scripts/install.sh /usr   stages into /stage/usr, files still
@@ -57,7 +61,12 @@ if [[ ! $version =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)$ ]]; then
 fi
 major=${BASH_REMATCH[1]}
 minor=${BASH_REMATCH[2]}
-soname="libnetev.so.$major"
+if ((major == 0)); then
+  abi="0.$minor"
+else
+  abi="$major"
+fi
+soname="libnetev.so.$abi"
 realname="libnetev.so.$version"
 
 # Its own target directory: the SONAME differs from the in-tree build's, so
@@ -107,7 +116,8 @@ chmod 0644 "$dest/lib/pkgconfig/netev.pc"
 # CMake. The prefix is computed from where the file sits, so the whole tree
 # can be moved (or staged with DESTDIR) and still be found.
 cat >"$dest/lib/cmake/netev/netevConfig.cmake" <<EOF
-# CMake package for netev $version, written by scripts/install.sh.
+# CMake package for netev $version (SONAME $soname), written by
+# scripts/install.sh.
 #
 #   find_package(netev $major.$minor REQUIRED)
 #   target_link_libraries(app PRIVATE netev::netev)          # libnetev.so
@@ -152,56 +162,63 @@ endif()
 unset(_netev_prefix)
 EOF
 
-# find_package(netev X.Y) accepts any X.* at least X.Y (CMake's
-# SameMajorVersion policy), and only for the same pointer size.
+# find_package(netev X.Y) accepts a netev of the same ABI (the SONAME's
+# number: X from 1 on, 0.Y before; CMake's SameMajorVersion, or
+# SameMinorVersion for 0.x) at least as new as X.Y, and only for the same
+# pointer size: find_package(netev 0.1) never finds 0.2, whose ABI differs.
 pointer_size=$(($(getconf LONG_BIT) / 8))
-sed -e "s/@CVF_VERSION@/$version/g" \
-  -e "s/@CVF_ARCH_INDEPENDENT@//g" \
+sed -e "s/@NETEV_VERSION@/$version/g" \
+  -e "s/@NETEV_ABI@/$abi/g" \
   -e "s/@CMAKE_SIZEOF_VOID_P@/$pointer_size/g" >"$dest/lib/cmake/netev/netevConfigVersion.cmake" <<'EOF'
-# Version check for find_package(netev), written by scripts/install.sh:
-# CMake's SameMajorVersion policy.
+# Version check for find_package(netev), written by scripts/install.sh: a
+# request is met by a netev of the same ABI (libnetev.so.@NETEV_ABI@: the
+# major from 1.0 on, 0.MINOR before) at least as new as the request.
 
-set(PACKAGE_VERSION "@CVF_VERSION@")
+set(PACKAGE_VERSION "@NETEV_VERSION@")
+set(PACKAGE_VERSION_COMPATIBLE FALSE)
 
-if(PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION)
-  set(PACKAGE_VERSION_COMPATIBLE FALSE)
+if(PACKAGE_FIND_VERSION_RANGE)
+  set(_netev_want "${PACKAGE_FIND_VERSION_MIN}")
 else()
-
-  if("@CVF_VERSION@" MATCHES "^([0-9]+)\\.")
-    set(CVF_VERSION_MAJOR "${CMAKE_MATCH_1}")
-    if(NOT CVF_VERSION_MAJOR VERSION_EQUAL 0)
-      string(REGEX REPLACE "^0+" "" CVF_VERSION_MAJOR "${CVF_VERSION_MAJOR}")
-    endif()
+  set(_netev_want "${PACKAGE_FIND_VERSION}")
+endif()
+# The ABI of the version asked for; a bare "0" asks for any 0.x.
+set(_netev_want_abi "")
+if(_netev_want MATCHES "^0*([0-9]+)\\.0*([0-9]+)")
+  if(CMAKE_MATCH_1 STREQUAL "0")
+    set(_netev_want_abi "0.${CMAKE_MATCH_2}")
   else()
-    set(CVF_VERSION_MAJOR "@CVF_VERSION@")
+    set(_netev_want_abi "${CMAKE_MATCH_1}")
   endif()
+elseif(_netev_want MATCHES "^0*([0-9]+)$")
+  set(_netev_want_abi "${CMAKE_MATCH_1}")
+endif()
+if(_netev_want STREQUAL "")
+  set(_netev_same TRUE) # no version asked for
+elseif(_netev_want_abi STREQUAL "0")
+  string(REGEX MATCH "^0\\." _netev_same "@NETEV_ABI@.")
+else()
+  string(COMPARE EQUAL "${_netev_want_abi}" "@NETEV_ABI@" _netev_same)
+endif()
 
+if(_netev_same AND NOT PACKAGE_VERSION VERSION_LESS _netev_want)
+  set(PACKAGE_VERSION_COMPATIBLE TRUE)
   if(PACKAGE_FIND_VERSION_RANGE)
-    # both endpoints of the range must have the expected major version
-    math (EXPR CVF_VERSION_MAJOR_NEXT "${CVF_VERSION_MAJOR} + 1")
-    if (NOT PACKAGE_FIND_VERSION_MIN_MAJOR STREQUAL CVF_VERSION_MAJOR
-        OR ((PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "INCLUDE" AND NOT PACKAGE_FIND_VERSION_MAX_MAJOR STREQUAL CVF_VERSION_MAJOR)
-          OR (PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "EXCLUDE" AND NOT PACKAGE_FIND_VERSION_MAX VERSION_LESS_EQUAL CVF_VERSION_MAJOR_NEXT)))
+    if(PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "INCLUDE"
+       AND PACKAGE_VERSION VERSION_GREATER PACKAGE_FIND_VERSION_MAX)
       set(PACKAGE_VERSION_COMPATIBLE FALSE)
-    elseif(PACKAGE_FIND_VERSION_MIN_MAJOR STREQUAL CVF_VERSION_MAJOR
-        AND ((PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "INCLUDE" AND PACKAGE_VERSION VERSION_LESS_EQUAL PACKAGE_FIND_VERSION_MAX)
-        OR (PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "EXCLUDE" AND PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION_MAX)))
-      set(PACKAGE_VERSION_COMPATIBLE TRUE)
-    else()
+    elseif(PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "EXCLUDE"
+           AND NOT PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION_MAX)
       set(PACKAGE_VERSION_COMPATIBLE FALSE)
-    endif()
-  else()
-    if(PACKAGE_FIND_VERSION_MAJOR STREQUAL CVF_VERSION_MAJOR)
-      set(PACKAGE_VERSION_COMPATIBLE TRUE)
-    else()
-      set(PACKAGE_VERSION_COMPATIBLE FALSE)
-    endif()
-
-    if(PACKAGE_FIND_VERSION STREQUAL PACKAGE_VERSION)
-      set(PACKAGE_VERSION_EXACT TRUE)
     endif()
   endif()
 endif()
+if(NOT PACKAGE_FIND_VERSION_RANGE AND PACKAGE_FIND_VERSION STREQUAL PACKAGE_VERSION)
+  set(PACKAGE_VERSION_EXACT TRUE)
+endif()
+unset(_netev_want)
+unset(_netev_want_abi)
+unset(_netev_same)
 
 # if the using project doesn't have CMAKE_SIZEOF_VOID_P set, ignore it:
 if("${CMAKE_SIZEOF_VOID_P}" STREQUAL "" OR "@CMAKE_SIZEOF_VOID_P@" STREQUAL "")

@@ -1,6 +1,7 @@
 //! The C ABI: every export checks and converts its arguments, then calls
 //! the safe core, inside one panic boundary.
 
+use crate::abi;
 use crate::connection::{Config, Connection, netev_connection_options, seconds};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result, Status, netev_error_info, netev_status};
@@ -71,35 +72,12 @@ fn copy_out(s: &str, buf: *mut c_char, capacity: usize) -> Result<usize> {
     Ok(s.len())
 }
 
-/// Reads an options struct whose first field is its `size`. Every struct
-/// is at its first version, so anything smaller than it was never set by
-/// an init function; a larger `size` comes from a newer header, whose extra
-/// fields this version ignores. (A later version keeps accepting the sizes
-/// of earlier ones and fills what they lack with defaults.)
-fn read_options<T: Copy + Default>(p: *const T, name: &str) -> Result<T> {
-    let mut value = T::default();
-    if p.is_null() {
-        return Ok(value);
-    }
-    // SAFETY: non-NULL was checked; every options struct starts with a u32
-    // `size`, and read_unaligned tolerates any alignment.
-    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    if size < std::mem::size_of::<T>() {
-        return Err(Error::invalid(format!(
-            "{name}.size is {size}, below {}: initialise it with its _init function",
-            std::mem::size_of::<T>()
-        )));
-    }
-    // SAFETY: the host's struct has at least size_of::<T>() readable bytes
-    // (its `size` says so) and `value` as many writable ones; no overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            p.cast::<u8>(),
-            (&mut value as *mut T).cast::<u8>(),
-            std::mem::size_of::<T>(),
-        );
-    }
-    Ok(value)
+/// Reads a host's options struct (NULL: the defaults): its first `size`
+/// bytes over the defaults, as "Versions" in the header says.
+fn read_options<T: abi::Versioned>(p: *const T, name: &str) -> Result<T> {
+    // SAFETY: NULL, or the host's struct with `size` readable bytes, as the
+    // header asks of every options struct passed in.
+    unsafe { abi::read(p, name) }
 }
 
 /// A size no object can have (above PTRDIFF_MAX) is refused before any
@@ -162,14 +140,47 @@ pub extern "C" fn netev_version() -> *const c_char {
 
 // ----- connections --------------------------------------------------------
 
-/// Fills `options` with the defaults: every callback, pointer and handle
-/// NULL/0, every bool false, every number 0 (the documented default), and
-/// `size`. Returns NETEV_ERR_NULL_ARGUMENT if `options` is NULL.
+/// Fills the `size` bytes at `options` with the defaults — every callback,
+/// pointer and handle NULL/0, every bool false, every number 0 (the
+/// documented default), zeros for fields this library does not know — and
+/// sets `options->size` to `size`. Writes exactly `size` bytes, and none
+/// when it fails.
+///
+/// `size` is sizeof(netev_connection_options) as the caller's header
+/// declares it, which the netev_connection_options_init macro passes: a
+/// host compiled against an older header has a smaller struct, one compiled
+/// against a newer header a larger one (see "Versions" at the end of this
+/// header). A binding passes the size of its own struct.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+/// netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_options_init_sized(
+    options: *mut netev_connection_options,
+    size: usize,
+) -> netev_status {
+    boundary(|| abi::init_sized(options, size, "options"))
+}
+
+/// netev_connection_options_init_sized with this library's own
+/// sizeof(netev_connection_options). In C and C++ the macro of the same
+/// name, defined at the end of this header, replaces calls to it with
+/// `_sized` and the size of the caller's struct: this exported function
+/// serves bindings that mirror this version's header exactly (calling
+/// `_sized` with the size of their own struct keeps working with a newer
+/// library). Returns NETEV_ERR_NULL_ARGUMENT if `options` is NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_options_init(
     options: *mut netev_connection_options,
 ) -> netev_status {
-    boundary(|| put(options, "options", netev_connection_options::default()))
+    boundary(|| {
+        abi::init_sized(
+            options,
+            std::mem::size_of::<netev_connection_options>(),
+            "options",
+        )
+    })
 }
 
 /// Opens a client connection to `address` (a host name, or an IPv4 or IPv6
@@ -178,7 +189,8 @@ pub extern "C" fn netev_connection_options_init(
 /// name resolves to in turn, all within `connection_timeout`. A failure
 /// then arrives as ERROR and TERMINATE and lands in the errors list.
 ///
-/// `options` may be NULL for the defaults; netev copies it. The caller owns
+/// `options` may be NULL for the defaults; netev copies it (its first
+/// `size` bytes; fields past them take their defaults). The caller owns
 /// the handle and gives it back with `netev_connection_release`. `*out` is
 /// written before any callback can run, but callbacks may run (on netev's
 /// threads) before this returns: have them use the handle they are given.
@@ -188,8 +200,9 @@ pub extern "C" fn netev_connection_options_init(
 ///
 /// Returns NETEV_ERR_NULL_ARGUMENT (`address` or `out` NULL),
 /// NETEV_ERR_INVALID_ARGUMENT (invalid UTF-8, empty address, port 0, a
-/// negative or NaN number of seconds, a keepalive above 32767 s, `size`
-/// not set),
+/// negative or NaN number of seconds, a keepalive above 32767 s, a bool
+/// other than 0 or 1, `size` not set by an init function, a field past
+/// this library's struct set: see "Versions"),
 /// NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
 /// NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
 #[unsafe(no_mangle)]
@@ -441,22 +454,52 @@ pub extern "C" fn netev_connection_error_at(
 
 // ----- listeners ----------------------------------------------------------
 
-/// Fills `options` with the defaults: callbacks, pointers and handles
-/// NULL/0, `backlog` 0 (1024), `reuse_port` false, `connection_defaults` as
-/// netev_connection_options_init leaves them, and `size`.
+/// Fills the `size` bytes at `options` with the defaults — callbacks,
+/// pointers and handles NULL/0 (`connection_defaults` NULL: the defaults
+/// of netev_connection_options_init), `backlog` 0 (1024), `reuse_port`
+/// false, zeros for fields this library does not know — and sets
+/// `options->size` to `size`. Writes exactly `size` bytes, and none when
+/// it fails. `size` is sizeof(netev_listener_options) as the caller's
+/// header declares it, which the netev_listener_options_init macro passes
+/// (see "Versions" at the end of this header).
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+/// netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_listener_options_init_sized(
+    options: *mut netev_listener_options,
+    size: usize,
+) -> netev_status {
+    boundary(|| abi::init_sized(options, size, "options"))
+}
+
+/// netev_listener_options_init_sized with this library's own
+/// sizeof(netev_listener_options), for bindings that mirror this version's
+/// header exactly; in C and C++ the macro of the same name replaces calls
+/// to it (see netev_connection_options_init).
 /// Returns NETEV_ERR_NULL_ARGUMENT.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_listener_options_init(
     options: *mut netev_listener_options,
 ) -> netev_status {
-    boundary(|| put(options, "options", netev_listener_options::default()))
+    boundary(|| {
+        abi::init_sized(
+            options,
+            std::mem::size_of::<netev_listener_options>(),
+            "options",
+        )
+    })
 }
 
 /// Listens on `port` (0 picks a free one: see `netev_listener_port`) and
 /// stores the listener's handle in `*out`. Binding happens now, so a port
 /// in use fails here; accepting runs in the background. SO_REUSEADDR is
-/// always set. `options` may be NULL for the defaults; netev copies it and
-/// `bind_address`. The caller owns the handle until `netev_listener_release`.
+/// always set. `options` may be NULL for the defaults; netev copies it
+/// (its first `size` bytes), `bind_address`, and the connection options
+/// `connection_defaults` points at (their first `size` bytes), so none of
+/// them need outlive the call. The caller owns the handle until
+/// `netev_listener_release`.
 ///
 /// Each incoming connection is offered to `on_connection` (on netev's I/O
 /// threads, or the dispatcher's thread); an accepted connection is owned
@@ -466,7 +509,9 @@ pub extern "C" fn netev_listener_options_init(
 /// over several threads, open one listener per thread with `reuse_port`.
 ///
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (bad
-/// `bind_address`, bad `connection_defaults`, `size` not set),
+/// `bind_address`, bad `connection_defaults`, a bool other than 0 or 1,
+/// `size` of either struct not set by an init function, a field past this
+/// library's struct set: see "Versions"),
 /// NETEV_ERR_INVALID_HANDLE (unknown dispatcher), NETEV_ERR_ADDRESS_IN_USE,
 /// NETEV_ERR_PERMISSION_DENIED (a privileged port), NETEV_ERR_IO.
 #[unsafe(no_mangle)]
@@ -478,11 +523,12 @@ pub extern "C" fn netev_listener_open(
     boundary(|| {
         need(out, "out")?;
         let options = read_options(options, "options")?;
+        let defaults = read_options(options.connection_defaults, "connection_defaults")?;
         let bind_address = match options.bind_address.is_null() {
             true => None,
             false => Some(text(options.bind_address, "bind_address")?),
         };
-        let cfg = ListenerConfig::from_options(&options, bind_address)?;
+        let cfg = ListenerConfig::from_options(&options, bind_address, defaults)?;
         // Written before the listener can have an event (`out` was checked).
         Listener::open(port, cfg, |id| {
             let _ = put(out, "out", id);
@@ -640,20 +686,52 @@ pub extern "C" fn netev_dispatcher_release(d: netev_dispatcher) -> netev_status 
 
 // ----- runtime and log ----------------------------------------------------
 
-/// Fills `options` with the defaults (`worker_threads` 0: one per core).
+/// Fills the `size` bytes at `options` with the defaults (`worker_threads`
+/// 0: one per core; zeros for fields this library does not know) and sets
+/// `options->size` to `size`. Writes exactly `size` bytes, and none when
+/// it fails. `size` is sizeof(netev_runtime_options) as the caller's
+/// header declares it, which the netev_runtime_options_init macro passes
+/// (see "Versions" at the end of this header).
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version,
+/// netev 0.2's, or above NETEV_OPTIONS_SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_runtime_options_init_sized(
+    options: *mut netev_runtime_options,
+    size: usize,
+) -> netev_status {
+    boundary(|| abi::init_sized(options, size, "options"))
+}
+
+/// netev_runtime_options_init_sized with this library's own
+/// sizeof(netev_runtime_options), for bindings that mirror this version's
+/// header exactly; in C and C++ the macro of the same name replaces calls
+/// to it (see netev_connection_options_init).
 /// Returns NETEV_ERR_NULL_ARGUMENT.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_runtime_options_init(options: *mut netev_runtime_options) -> netev_status {
-    boundary(|| put(options, "options", netev_runtime_options::default()))
+    boundary(|| {
+        abi::init_sized(
+            options,
+            std::mem::size_of::<netev_runtime_options>(),
+            "options",
+        )
+    })
 }
 
-/// Starts netev's runtime with `options` (NULL: defaults). Optional: the
-/// first open starts it with defaults.
+/// Starts netev's runtime with `options` (NULL: defaults; netev reads their
+/// first `size` bytes). Optional: the first open starts it with defaults.
 /// Returns NETEV_ERR_INVALID_ARGUMENT when it already runs (shut it down
-/// first) or the options are bad, NETEV_ERR_SHUTDOWN in a forked child.
+/// first) or the options are bad (`size` not set by an init function, a
+/// field past this library's struct set: see "Versions"),
+/// NETEV_ERR_SHUTDOWN in a forked child.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_runtime_init(options: *const netev_runtime_options) -> netev_status {
-    boundary(|| runtime::init(&read_options(options, "options")?))
+    boundary(|| {
+        let options = read_options(options, "options")?;
+        runtime::init(&options)
+    })
 }
 
 /// Ends every open object — each TERMINATE runs once — and stops netev's

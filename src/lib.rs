@@ -4,6 +4,7 @@
 //! The safe core (`connection`, `dispatch`, `runtime`, …) is usable from
 //! Rust; `ffi` is the C ABI described by `include/netev.h`.
 
+pub mod abi;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
@@ -19,7 +20,7 @@ pub mod send_queue;
 pub mod sync;
 
 pub const NETEV_VERSION_MAJOR: u32 = 0;
-pub const NETEV_VERSION_MINOR: u32 = 1;
+pub const NETEV_VERSION_MINOR: u32 = 2;
 pub const NETEV_VERSION_PATCH: u32 = 0;
 
 /// "MAJOR.MINOR.PATCH", NUL-terminated for `netev_version`.

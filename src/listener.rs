@@ -1,6 +1,7 @@
 //! Listeners (4D's TCPListener): accept connections and hand each to the
 //! same connection machinery a client connection uses.
 
+use crate::abi::{self, NETEV_OPTIONS_SIZE_MAX};
 use crate::connection::{Config, Connection, HostPtr, netev_connection_options};
 use crate::dispatch::{Dispatcher, Job};
 use crate::error::{Error, ErrorList, Result, netev_error_info};
@@ -26,6 +27,15 @@ use std::time::{Duration, Instant};
 /// accept, or return false to close the socket at once. If the options
 /// returned with true are invalid, the socket is closed, the listener gets
 /// an ERROR, and their `user_data_free` (if set) is called once.
+///
+/// `options` is netev's: its `size` is this library's
+/// sizeof(netev_connection_options), and it has room for
+/// NETEV_OPTIONS_SIZE_MAX bytes, zero past the library's fields. Fields
+/// past `options->size` do not exist in this library: check with
+/// NETEV_OPTIONS_HAS before setting one (set anyway, it makes the options
+/// invalid, as above). They are read as any options are: resetting them
+/// with netev_connection_options_init(options) is allowed, and then fields
+/// past the new `size` take their defaults.
 #[allow(non_camel_case_types)]
 pub type netev_accept_callback = Option<
     unsafe extern "C" fn(
@@ -47,12 +57,14 @@ pub type netev_listener_callback = Option<
 >;
 
 /// How a listener behaves. Fill it with `netev_listener_options_init`;
-/// netev copies it (and `bind_address`) during the open call.
+/// netev copies it (its first `size` bytes), `bind_address` and
+/// `connection_defaults` during the open call.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct netev_listener_options {
-    /// sizeof(netev_listener_options), set by netev_listener_options_init.
+    /// sizeof(netev_listener_options) as the host's header declares it,
+    /// set by netev_listener_options_init: which fields the host has.
     pub size: u32,
     /// Accept or reject each incoming connection; NULL accepts with
     /// `connection_defaults`.
@@ -70,8 +82,12 @@ pub struct netev_listener_options {
     pub backlog: u32,
     /// SO_REUSEPORT: several listeners (or processes) share one port.
     pub reuse_port: bool,
-    /// Options each accepted connection starts from.
-    pub connection_defaults: netev_connection_options,
+    /// Options each accepted connection starts from (and the accept
+    /// callback gets pre-filled); NULL = the defaults of
+    /// netev_connection_options_init. netev copies them (their first
+    /// `size` bytes) during the open call. When their `dispatcher` is 0,
+    /// accepted connections use the listener's `dispatcher`.
+    pub connection_defaults: *const netev_connection_options,
     /// Dispatcher that runs the listener's callbacks; 0 = netev's threads.
     pub dispatcher: netev_dispatcher,
 }
@@ -87,10 +103,22 @@ impl Default for netev_listener_options {
             bind_address: std::ptr::null(),
             backlog: 0,
             reuse_port: false,
-            connection_defaults: netev_connection_options::default(),
+            connection_defaults: std::ptr::null(),
             dispatcher: 0,
         }
     }
+}
+
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks, pointers, numbers and one bool.
+unsafe impl abi::Versioned for netev_listener_options {
+    const NAME: &'static str = "netev_listener_options";
+    const FIRST_SIZE: usize = std::mem::offset_of!(netev_listener_options, dispatcher)
+        + std::mem::size_of::<netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] = &[(
+        "reuse_port",
+        std::mem::offset_of!(netev_listener_options, reuse_port),
+    )];
 }
 
 const DEFAULT_BACKLOG: u32 = 1024;
@@ -131,8 +159,14 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// `bind_address` is the already-converted text of the C field.
-    pub fn from_options(o: &netev_listener_options, bind_address: Option<&str>) -> Result<Self> {
+    /// `bind_address` is the already-converted text of the C field, and
+    /// `connection_defaults` the struct it points at, read (a NULL pointer
+    /// read as the defaults).
+    pub fn from_options(
+        o: &netev_listener_options,
+        bind_address: Option<&str>,
+        connection_defaults: netev_connection_options,
+    ) -> Result<Self> {
         let bind_address = match bind_address {
             None => None,
             Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
@@ -145,7 +179,7 @@ impl ListenerConfig {
             0 => None,
             id => Some(Dispatcher::get(id)?),
         };
-        let mut defaults = o.connection_defaults;
+        let mut defaults = connection_defaults;
         if defaults.dispatcher == 0 {
             defaults.dispatcher = o.dispatcher;
         }
@@ -389,19 +423,34 @@ impl Listener {
         // Live before the host decides, so it can retain and read it there.
         let conn = Connection::incoming(id, peer, self.id);
         let mut options = self.cfg.connection_defaults.0;
+        // The options the host returned, when they cannot be read.
+        let mut unreadable = None;
         let accepted = match self.cfg.on_connection {
             None => true,
             Some(cb) => {
                 let mut ev = netev_event::new(EventType::NETEV_EVENT_CONNECTION, id, &remote);
                 ev.connection = id;
-                crate::connection::deciding(id, || {
+                let mut room = AcceptRoom::new(options);
+                let p = room.options_mut();
+                let accepted = crate::connection::deciding(id, || {
                     call_host(|| {
                         // SAFETY: the host registered `cb` for incoming
-                        // connections; `ev` and `options` live until it returns.
-                        unsafe { cb(self.id, &ev, self.cfg.user_data.0, &mut options) }
+                        // connections; `ev` and `room` live until it returns.
+                        unsafe { cb(self.id, &ev, self.cfg.user_data.0, p) }
                     })
                 })
-                .unwrap_or(false)
+                .unwrap_or(false);
+                if accepted {
+                    match room.read() {
+                        Ok(o) => options = o,
+                        Err(e) => {
+                            // Still the host's user_data to free, below.
+                            (options.user_data, options.user_data_free) = room.user_data();
+                            unreadable = Some(e);
+                        }
+                    }
+                }
+                accepted
             }
         };
         if !accepted {
@@ -410,9 +459,12 @@ impl Listener {
             drop(stream);
             return self.cfg.on_connection.is_some();
         }
-        let cfg = match options.same_as(&self.cfg.connection_defaults.0) {
-            true => Ok(self.cfg.shared_defaults.clone()),
-            false => Config::from_options(&options).map(Arc::new),
+        let cfg = match unreadable {
+            Some(e) => Err(e),
+            None if options.same_as(&self.cfg.connection_defaults.0) => {
+                Ok(self.cfg.shared_defaults.clone())
+            }
+            None => Config::from_options(&options).map(Arc::new),
         };
         match cfg {
             Ok(cfg) => match runtime::opening() {
@@ -595,6 +647,45 @@ impl Source for Listener {
         let socket = self.lock().socket.take();
         drop(socket);
         self.service(cx, Ready::default());
+    }
+}
+
+/// The options the accept callback edits: the listener's connection
+/// defaults in room for NETEV_OPTIONS_SIZE_MAX bytes, zero past them, so a
+/// host compiled against a newer header (whose init, or whose fields, reach
+/// past this version's struct) writes inside netev's memory, and its new
+/// fields are refused as unknown rather than corrupting anything.
+#[repr(C)]
+union AcceptRoom {
+    options: netev_connection_options,
+    bytes: [u64; NETEV_OPTIONS_SIZE_MAX as usize / 8],
+}
+
+impl AcceptRoom {
+    fn new(defaults: netev_connection_options) -> Self {
+        let mut room = AcceptRoom {
+            bytes: [0; NETEV_OPTIONS_SIZE_MAX as usize / 8],
+        };
+        room.options = defaults;
+        room
+    }
+
+    fn options_mut(&mut self) -> *mut netev_connection_options {
+        &raw mut self.options
+    }
+
+    /// What the host left there, read as any options struct is.
+    fn read(&self) -> Result<netev_connection_options> {
+        // SAFETY: the room has NETEV_OPTIONS_SIZE_MAX readable bytes, and
+        // `read` reads no more than that (nor than `size`).
+        unsafe { abi::read(&raw const self.options, "options") }
+    }
+
+    /// `user_data` and `user_data_free`, also when the rest is unreadable.
+    fn user_data(&self) -> (*mut c_void, crate::connection::netev_user_data_free) {
+        // SAFETY: both fields lie in the room's initialised bytes, and any
+        // bit pattern is a valid pointer or Option of a function pointer.
+        unsafe { (self.options.user_data, self.options.user_data_free) }
     }
 }
 

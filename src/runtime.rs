@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct netev_runtime_options {
-    /// sizeof(netev_runtime_options), set by netev_runtime_options_init.
+    /// sizeof(netev_runtime_options) as the host's header declares it,
+    /// set by netev_runtime_options_init: which fields the host has.
     pub size: u32,
     /// I/O threads; 0 = one per core.
     pub worker_threads: u32,
@@ -28,6 +29,15 @@ impl Default for netev_runtime_options {
             worker_threads: 0,
         }
     }
+}
+
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its other field is a number.
+unsafe impl crate::abi::Versioned for netev_runtime_options {
+    const NAME: &'static str = "netev_runtime_options";
+    const FIRST_SIZE: usize =
+        std::mem::offset_of!(netev_runtime_options, worker_threads) + std::mem::size_of::<u32>();
+    const BOOLS: &'static [(&'static str, usize)] = &[];
 }
 
 /// What runs while netev runs.

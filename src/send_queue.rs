@@ -14,7 +14,7 @@ const CHUNK: usize = 64 << 10;
 /// Smallest chunk allocated, so that many small sends share one.
 const MIN_CHUNK: usize = 4 << 10;
 /// Slices handed to one vectored write (1 MiB of full chunks).
-pub const MAX_SLICES: usize = 16;
+pub(crate) const MAX_SLICES: usize = 16;
 
 #[derive(Default)]
 pub struct SendQueue {

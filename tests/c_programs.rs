@@ -15,6 +15,13 @@
 //!   "possible" leak (a pointer into the middle of a block) would be a real
 //!   one after shutdown since no netev thread is left to own it.
 //!
+//! Most programs are built against include/netev.h. The `abi_released_*`
+//! tests build programs against the header as released at the start of
+//! this ABI (tests/abi/netev-<ABI>.h, ABI as in the SONAME: 0.2 for
+//! 0.2.x), as a host compiled then would be, and run them on the current
+//! library: what compiled against that header must keep working, with its
+//! smaller structs, for as long as the SONAME stays.
+//!
 //! Under valgrind the programs see `NETEV_TEST_SCALE=small` (heavy tests run
 //! a smaller version) and `NETEV_TEST_VALGRIND=1`; every mode but plain gets `NETEV_TEST_TIME_FACTOR`
 //! (the watchdog and the harness limit stretch by it). `NETEV_LIB_PATH`
@@ -26,8 +33,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
-    Mode, SANITIZE_FLAGS, lib_dir, mode, program_command, require_lib, root, run_bounded,
-    time_factor,
+    Mode, SANITIZE_FLAGS, abi_version, lib_dir, mode, program_command, require_lib, root,
+    run_bounded, time_factor,
 };
 
 /// How a program is linked against netev.
@@ -39,7 +46,40 @@ enum Link {
     Dlopen,
 }
 
-fn compile(name: &str, link: Link) -> PathBuf {
+/// Which netev.h a program is built against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// include/netev.h, generated from today's sources.
+    Current,
+    /// tests/abi/netev-<ABI>.h: the header released at the start of the
+    /// ABI this library's SONAME names.
+    Released,
+}
+
+/// A directory holding the released header as `netev.h`, for `-I`.
+fn released_include_dir(out_dir: &std::path::Path) -> PathBuf {
+    let abi = abi_version();
+    let header = root().join(format!("tests/abi/netev-{abi}.h"));
+    let text = std::fs::read(&header).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: no header was kept for ABI {abi}; a new SONAME starts a new ABI: \
+             run scripts/abi-baseline.sh and commit tests/abi/",
+            header.display()
+        )
+    });
+    let dir = out_dir.join(format!("released-{abi}-include"));
+    std::fs::create_dir_all(&dir).expect("create the released header's dir");
+    let dst = dir.join("netev.h");
+    // Written only when it differs: parallel tests may read it meanwhile.
+    if std::fs::read(&dst).ok().as_deref() != Some(&text[..]) {
+        let tmp = dir.join(format!("netev.h.{}", std::process::id()));
+        std::fs::write(&tmp, &text).expect("write the released header");
+        std::fs::rename(&tmp, &dst).expect("move the released header in place");
+    }
+    dir
+}
+
+fn compile(name: &str, link: Link, header: Header) -> PathBuf {
     require_lib();
     let lib = lib_dir();
     let dir = match mode() {
@@ -48,7 +88,13 @@ fn compile(name: &str, link: Link) -> PathBuf {
     };
     let out_dir = lib.join("..").join(dir);
     std::fs::create_dir_all(&out_dir).expect("create c-tests dir");
-    let exe = out_dir.join(name);
+    let (include, exe) = match header {
+        Header::Current => (root().join("include"), out_dir.join(name)),
+        Header::Released => (
+            released_include_dir(&out_dir),
+            out_dir.join(format!("released-{}-{name}", abi_version())),
+        ),
+    };
     let src = root().join("tests/c").join(format!("{name}.c"));
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()));
     cmd.args([
@@ -64,8 +110,12 @@ fn compile(name: &str, link: Link) -> PathBuf {
     if mode() == Mode::Asan {
         cmd.args(SANITIZE_FLAGS);
     }
+    if header == Header::Released {
+        // For what a program may only assume of the library's own header.
+        cmd.arg("-DNETEV_TEST_RELEASED_HEADER=1");
+    }
     cmd.arg("-I")
-        .arg(root().join("include"))
+        .arg(&include)
         .arg("-I")
         .arg(root().join("tests/c"))
         .arg(&src)
@@ -99,11 +149,19 @@ struct Run {
     /// The program deliberately exits without netev_runtime_shutdown:
     /// leak checking would only report what it chose not to free.
     no_leak_check: bool,
+    header: Header,
 }
 
 const DEFAULT_RUN: Run = Run {
     link: Link::Shared,
     no_leak_check: false,
+    header: Header::Current,
+};
+
+/// Built against the released header, linked as a host would be.
+const RELEASED_RUN: Run = Run {
+    header: Header::Released,
+    ..DEFAULT_RUN
 };
 
 /// Compiles and runs tests/c/<name>.c; fails on a non-zero exit or after `limit`.
@@ -112,7 +170,7 @@ pub fn run_c(name: &str, limit: Duration) -> String {
 }
 
 fn run_c_with(name: &str, limit: Duration, run: Run) -> String {
-    let exe = compile(name, run.link);
+    let exe = compile(name, run.link, run.header);
     let limit = limit * time_factor();
     let mut cmd = program_command(&exe, !run.no_leak_check);
     if mode() != Mode::Valgrind
@@ -194,9 +252,61 @@ c_tests!(
     shutdown_waits_terminate,
     shutdown_races,
     review_findings,
+    // an ABI that can grow: options structs read and written by their size
+    abi_sizes,
+    abi_guard_page,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );
+
+/// Programs built against the released header (see the top of this file),
+/// run on the current library: the core, listeners, dispatch, bad input,
+/// the size rules and the guard page. A program that uses something the
+/// released header lacks no longer applies: take it off this list.
+macro_rules! released_header_tests {
+    ($($test:ident => $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_c_with(stringify!($name), Duration::from_secs(120), RELEASED_RUN);
+            }
+        )*
+    };
+}
+
+released_header_tests!(
+    abi_released_smoke => smoke,
+    abi_released_event_sequence => event_sequence,
+    abi_released_echo_bulk => echo_bulk,
+    abi_released_connect_errors => connect_errors,
+    abi_released_bad_input => bad_input,
+    abi_released_reentry => reentry,
+    abi_released_dispatcher => dispatcher,
+    abi_released_send_backpressure => send_backpressure,
+    abi_released_end_half_open => end_half_open,
+    abi_released_runtime_shutdown => runtime_shutdown,
+    abi_released_listener_basic => listener_basic,
+    abi_released_listener_reject => listener_reject,
+    abi_released_listener_terminate => listener_terminate,
+    abi_released_listener_dispatcher => listener_dispatcher,
+    abi_released_review_findings => review_findings,
+    abi_released_abi_sizes => abi_sizes,
+    abi_released_abi_guard_page => abi_guard_page,
+);
+
+/// The dlopen host built against the released header: it looks up the
+/// `_sized` initialisers by name and passes its own struct sizes.
+#[test]
+fn abi_released_hygiene_dlopen() {
+    run_c_with(
+        "hygiene_dlopen",
+        Duration::from_secs(120),
+        Run {
+            link: Link::Dlopen,
+            ..RELEASED_RUN
+        },
+    );
+}
 
 /// dlopen → use → netev_runtime_shutdown → dlclose, five times: the
 /// program is not linked with netev and finds it through NETEV_LIB_PATH.
@@ -207,7 +317,7 @@ fn hygiene_dlopen() {
         Duration::from_secs(120),
         Run {
             link: Link::Dlopen,
-            no_leak_check: false,
+            ..DEFAULT_RUN
         },
     );
 }
@@ -221,8 +331,8 @@ fn hygiene_atexit() {
         "hygiene_atexit",
         Duration::from_secs(30),
         Run {
-            link: Link::Shared,
             no_leak_check: true,
+            ..DEFAULT_RUN
         },
     );
     assert!(
@@ -286,95 +396,125 @@ fn hygiene_symbols() {
     );
 }
 
-/// Struct sizes and field offsets seen by a C compiler equal Rust's.
-#[test]
-fn layout() {
+/// Every public struct's size and every field's offset, as Rust lays them
+/// out, in the order tests/c/layout.c prints them: ("size S", n) and
+/// ("offset S.f", n) lines.
+fn rust_layout() -> Vec<(String, usize)> {
     use netev::connection::netev_connection_options as O;
     use netev::error::netev_error_info as I;
     use netev::event::netev_event as E;
+    use netev::listener::netev_listener_options as L;
     use netev::runtime::netev_runtime_options as R;
     use std::mem::{offset_of, size_of};
+    macro_rules! layout {
+        ($($t:ident as $name:literal { $($f:ident),* $(,)? })*) => {{
+            let mut v = Vec::new();
+            $(
+                v.push((format!("size {}", $name), size_of::<$t>()));
+                $(v.push((
+                    format!("offset {}.{}", $name, stringify!($f).trim_start_matches("r#")),
+                    offset_of!($t, $f),
+                ));)*
+            )*
+            v
+        }};
+    }
+    let mut v = layout! {
+        E as "netev_event" {
+            r#type, connection, data, data_len, ip, port, error, os_error, message,
+        }
+        O as "netev_connection_options" {
+            size, on_connection, on_data, on_shutdown, on_error, on_terminate, on_drain,
+            on_end, user_data, user_data_free, no_delay, allow_half_open, keepalive,
+            idle_timeout, connection_timeout, send_buffer_limit, dispatcher,
+        }
+        L as "netev_listener_options" {
+            size, on_connection, on_error, on_terminate, user_data, bind_address, backlog,
+            reuse_port, connection_defaults, dispatcher,
+        }
+        I as "netev_error_info" { code, os_error, message, component }
+        R as "netev_runtime_options" { size, worker_threads }
+    };
+    v.push((
+        "size netev_status".into(),
+        size_of::<netev::error::netev_status>(),
+    ));
+    v.push((
+        "size netev_event_type".into(),
+        size_of::<netev::event::netev_event_type>(),
+    ));
+    v
+}
+
+/// Struct sizes and field offsets seen by a C compiler equal Rust's.
+#[test]
+fn layout() {
     let out = run_c("layout", Duration::from_secs(60));
-    let want = [
-        ("size netev_event", size_of::<E>()),
-        ("offset netev_event.type", offset_of!(E, r#type)),
-        ("offset netev_event.connection", offset_of!(E, connection)),
-        ("offset netev_event.data", offset_of!(E, data)),
-        ("offset netev_event.data_len", offset_of!(E, data_len)),
-        ("offset netev_event.ip", offset_of!(E, ip)),
-        ("offset netev_event.port", offset_of!(E, port)),
-        ("offset netev_event.error", offset_of!(E, error)),
-        ("offset netev_event.os_error", offset_of!(E, os_error)),
-        ("offset netev_event.message", offset_of!(E, message)),
-        ("size netev_connection_options", size_of::<O>()),
-        ("offset netev_connection_options.size", offset_of!(O, size)),
-        (
-            "offset netev_connection_options.on_connection",
-            offset_of!(O, on_connection),
-        ),
-        (
-            "offset netev_connection_options.on_end",
-            offset_of!(O, on_end),
-        ),
-        (
-            "offset netev_connection_options.user_data",
-            offset_of!(O, user_data),
-        ),
-        (
-            "offset netev_connection_options.user_data_free",
-            offset_of!(O, user_data_free),
-        ),
-        (
-            "offset netev_connection_options.no_delay",
-            offset_of!(O, no_delay),
-        ),
-        (
-            "offset netev_connection_options.allow_half_open",
-            offset_of!(O, allow_half_open),
-        ),
-        (
-            "offset netev_connection_options.keepalive",
-            offset_of!(O, keepalive),
-        ),
-        (
-            "offset netev_connection_options.idle_timeout",
-            offset_of!(O, idle_timeout),
-        ),
-        (
-            "offset netev_connection_options.connection_timeout",
-            offset_of!(O, connection_timeout),
-        ),
-        (
-            "offset netev_connection_options.send_buffer_limit",
-            offset_of!(O, send_buffer_limit),
-        ),
-        (
-            "offset netev_connection_options.dispatcher",
-            offset_of!(O, dispatcher),
-        ),
-        ("size netev_error_info", size_of::<I>()),
-        ("offset netev_error_info.code", offset_of!(I, code)),
-        ("offset netev_error_info.os_error", offset_of!(I, os_error)),
-        ("offset netev_error_info.message", offset_of!(I, message)),
-        (
-            "offset netev_error_info.component",
-            offset_of!(I, component),
-        ),
-        ("size netev_runtime_options", size_of::<R>()),
-        ("offset netev_runtime_options.size", offset_of!(R, size)),
-        (
-            "offset netev_runtime_options.worker_threads",
-            offset_of!(R, worker_threads),
-        ),
-        ("size netev_status", size_of::<netev::error::netev_status>()),
-        (
-            "size netev_event_type",
-            size_of::<netev::event::netev_event_type>(),
-        ),
-    ];
+    let want = rust_layout();
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got.len(), want.len(), "C printed:\n{out}");
     for ((name, value), line) in want.iter().zip(&got) {
         assert_eq!(*line, format!("{name} {value}"), "C and Rust disagree");
     }
+}
+
+/// The structs as the header released at the start of this ABI lays them
+/// out (tests/abi/netev-<ABI>.h), against today's: fields were only ever
+/// appended. Every field the old header has is at the same offset; every
+/// struct is at least as large; every field added since lies at or past
+/// the old struct's end (never in its trailing padding, which an old host
+/// may leave as garbage); and the structs the library writes into a
+/// host's memory (netev_error_info) and the enums keep their size.
+#[test]
+fn abi_released_layout() {
+    let out = run_c_with("layout", Duration::from_secs(60), RELEASED_RUN);
+    let old: std::collections::HashMap<&str, usize> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name, n.parse().ok()?))
+        })
+        .collect();
+    let now = rust_layout();
+    let mut problems = Vec::new();
+    for (name, value) in &now {
+        let strukt = name
+            .split_once(' ')
+            .map_or("", |(_, s)| s.split('.').next().unwrap_or(s));
+        let old_size = old.get(format!("size {strukt}").as_str()).copied();
+        match (old.get(name.as_str()), name.starts_with("size ")) {
+            (Some(&was), true) => {
+                let fixed = matches!(
+                    strukt,
+                    "netev_error_info" | "netev_status" | "netev_event_type"
+                );
+                if *value < was || (fixed && *value != was) {
+                    problems.push(format!("{name}: {was} in the released header, {value} now"));
+                }
+            }
+            (Some(&was), false) if was != *value => {
+                problems.push(format!("{name}: {was} in the released header, {value} now"))
+            }
+            (Some(_), false) => {}
+            (None, true) => {} // a struct added since
+            (None, false) => match old_size {
+                Some(end) if *value < end => problems.push(format!(
+                    "{name} is {value}, inside the released struct (size {end}): \
+                     fields are only appended"
+                )),
+                _ => {}
+            },
+        }
+    }
+    for name in old.keys() {
+        if !now.iter().any(|(n, _)| n == name) {
+            problems.push(format!("{name} is in the released header and gone now"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "layout changes that are not appends (a new SONAME, tests/abi/ for it):\n{}\n\
+         the released header's layout:\n{out}",
+        problems.join("\n")
+    );
 }

@@ -22,3 +22,61 @@ fn committed_header_matches_a_fresh_generation() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The init macros at the end of the header (cbindgen.toml's trailer) are
+/// in step with the exports: each exported `netev_X_init_sized` has
+/// exactly `#define netev_X_init(options) netev_X_init_sized((options),
+/// sizeof(netev_X))`, each macro its exported `_sized` function and plain
+/// function, and every macro comes after the prototype of the function it
+/// shares its name with (else the prototype would be expanded as a call).
+#[test]
+fn init_macros_match_the_sized_initialisers() {
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/netev.h"))
+        .expect("read include/netev.h");
+    let flat = header.replace("\\\n", " ");
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sized: Vec<&str> = header
+        .match_indices("_init_sized(")
+        .filter_map(|(at, _)| {
+            let start = header[..at].rfind(|c: char| c.is_whitespace() || c == '(')? + 1;
+            let name = &header[start..at];
+            // A prototype, not the macros' own calls.
+            header[..start]
+                .trim_end()
+                .ends_with("enum netev_status")
+                .then_some(name)
+        })
+        .collect();
+    assert_eq!(
+        sized,
+        [
+            "netev_connection_options",
+            "netev_listener_options",
+            "netev_runtime_options"
+        ],
+        "the exported _sized initialisers"
+    );
+    let macros: Vec<String> = flat
+        .lines()
+        .filter(|l| l.starts_with("#define netev_"))
+        .map(words)
+        .collect();
+    let want: Vec<String> = sized
+        .iter()
+        .map(|t| format!("#define {t}_init(options) {t}_init_sized((options), sizeof({t}))"))
+        .collect();
+    assert_eq!(macros, want, "the init macros of the header's trailer");
+    for t in &sized {
+        let prototype = format!("enum netev_status {t}_init(struct {t} *options);");
+        let proto_at = header
+            .find(&prototype)
+            .unwrap_or_else(|| panic!("no prototype {prototype}"));
+        let macro_at = header
+            .find(&format!("#define {t}_init("))
+            .unwrap_or_else(|| panic!("no macro {t}_init"));
+        assert!(
+            proto_at < macro_at,
+            "{t}_init's macro precedes its prototype"
+        );
+    }
+}

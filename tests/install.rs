@@ -4,15 +4,17 @@
 //! message through it) against that prefix only, and runs it:
 //! - with `cc $(pkg-config --cflags --libs netev)` and an rpath;
 //! - with `pkg-config`'s libdir and libnetev.a, statically;
-//! - with CMake, `find_package(netev 0.1)` and `netev::netev`, and
-//!   `netev::netev_static` (tests/install/cmake);
+//! - with CMake, `find_package(netev MAJOR.MINOR)` and `netev::netev`, and
+//!   `netev::netev_static` (tests/install/cmake); `find_package(netev
+//!   0.1)`, an older ABI, does not find it;
 //! - with CMake again, from a tree staged with DESTDIR, whose netev.pc names
 //!   a prefix that does not exist: the CMake package finds itself wherever
 //!   it sits.
 //!
-//! It also checks the layout, the SONAME (`libnetev.so.0`) of the installed
-//! library, and that the shared programs record `libnetev.so.0` as NEEDED
-//! while the static one needs no libnetev at all.
+//! It also checks the layout, the SONAME of the installed library
+//! (`libnetev.so.0.2` for 0.2.x: the ABI version, by Cargo's rule, 0.MINOR
+//! before 1.0), and that the shared programs record it as NEEDED while the
+//! static one needs no libnetev at all.
 //!
 //! The script runs cargo itself, with its own target directory
 //! (target/install), so it never waits for the lock this `cargo test` holds
@@ -29,8 +31,21 @@ fn root() -> PathBuf {
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn abi_major() -> &'static str {
-    VERSION.split('.').next().expect("a version")
+/// The ABI version the SONAME names: the major from 1.0.0 on, 0.MINOR
+/// before (Cargo's rule for what is compatible).
+fn abi_version() -> String {
+    let mut parts = VERSION.split('.');
+    let major = parts.next().expect("a major version");
+    let minor = parts.next().expect("a minor version");
+    match major {
+        "0" => format!("0.{minor}"),
+        _ => major.to_string(),
+    }
+}
+
+/// MAJOR.MINOR of the crate, what tests/install/cmake asks for.
+fn major_minor() -> String {
+    VERSION.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
 }
 
 /// A directory under target/tmp for this run, removed when dropped.
@@ -58,7 +73,25 @@ impl Drop for Scratch {
 /// Runs `cmd` in its own process group, capturing its output; kills the
 /// whole group (cargo and rustc under the script, say) after `limit`.
 /// Panics on a non-zero exit or a timeout; returns stdout.
-fn run(what: &str, mut cmd: Command, limit: Duration) -> String {
+fn run(what: &str, cmd: Command, limit: Duration) -> String {
+    let desc = format!("{cmd:?}");
+    let (status, stdout, stderr) = run_status(what, cmd, limit);
+    match status {
+        None => panic!("{what} ran past {limit:?}: {desc}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+        Some(s) if !s.success() => {
+            panic!("{what} failed ({s}): {desc}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        }
+        Some(_) => stdout,
+    }
+}
+
+/// As `run`, but returns how it ended (None: killed at `limit`), its
+/// stdout and its stderr.
+fn run_status(
+    what: &str,
+    mut cmd: Command,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,13 +133,7 @@ fn run(what: &str, mut cmd: Command, limit: Duration) -> String {
     if std::env::var_os("NETEV_INSTALL_TEST_TIMES").is_some() {
         eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
     }
-    match status {
-        None => panic!("{what} ran past {limit:?}: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-        Some(s) if !s.success() => {
-            panic!("{what} failed ({s}): {cmd:?}\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        }
-        Some(_) => stdout,
-    }
+    (status, stdout, stderr)
 }
 
 /// Fails early, and says why, when a tool the test drives is missing.
@@ -199,7 +226,8 @@ fn cmake_build(prefix: &Path, build: &Path) -> PathBuf {
         .arg(root().join("tests/install/cmake"))
         .arg("-B")
         .arg(build)
-        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()));
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+        .arg(format!("-DNETEV_FIND_VERSION={}", major_minor()));
     let out = run("cmake configure", cmd, Duration::from_secs(120));
     let found = format!(
         "netev {VERSION} found in {}",
@@ -220,8 +248,7 @@ fn install_then_build_with_pkg_config_and_cmake() {
     require_tools();
     let scratch = Scratch::new();
     let prefix = scratch.0.join("prefix");
-    let major = abi_major();
-    let soname = format!("libnetev.so.{major}");
+    let soname = format!("libnetev.so.{}", abi_version());
     let realname = format!("libnetev.so.{VERSION}");
 
     install(&prefix, None);
@@ -256,7 +283,7 @@ fn install_then_build_with_pkg_config_and_cmake() {
         "the installed netev.h differs from include/netev.h"
     );
 
-    // (d) The SONAME is the ABI major.
+    // (d) The SONAME names the ABI version.
     let dynamic = dynamic_section(&lib.join(&realname));
     assert!(
         dynamic.contains(&format!("Library soname: [{soname}]")),
@@ -316,9 +343,29 @@ fn install_then_build_with_pkg_config_and_cmake() {
     );
     run_hello("hello (pkg-config, static)", &hello_static);
 
-    // (b) and (c) CMake: find_package(netev 0.1), netev::netev and
+    // (b) and (c) CMake: find_package(netev MAJOR.MINOR), netev::netev and
     // netev::netev_static.
     let build = cmake_build(&prefix, &scratch.0.join("cmake-build"));
+    // An older ABI asked for is not found: 0.1's programs need libnetev.so.0.
+    if VERSION.starts_with("0.2.") {
+        let mut cmd = Command::new("cmake");
+        cmd.arg("-S")
+            .arg(root().join("tests/install/cmake"))
+            .arg("-B")
+            .arg(scratch.0.join("cmake-build-0.1"))
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+            .arg("-DNETEV_FIND_VERSION=0.1");
+        let (status, stdout, stderr) =
+            run_status("cmake configure (0.1)", cmd, Duration::from_secs(120));
+        let words = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            status.is_some_and(|s| !s.success())
+                && words.contains("compatible with requested version \"0.1\"")
+                && words.contains(&format!("version: {VERSION}")),
+            "find_package(netev 0.1) must not find netev {VERSION}, of another ABI \
+             ({status:?}):\n{stdout}\n{stderr}"
+        );
+    }
     assert_eq!(
         needed(&build.join("app"))
             .iter()

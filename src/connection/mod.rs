@@ -38,12 +38,15 @@ pub type netev_connection_callback = Option<
 pub type netev_user_data_free = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// How a connection behaves. Fill it with `netev_connection_options_init`,
-/// then set what you need; netev copies it during the open call.
+/// then set what you need; netev copies it during the open call (its first
+/// `size` bytes: see NETEV_OPTIONS_HAS and "Versions" at the end of this
+/// header).
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct netev_connection_options {
-    /// sizeof(netev_connection_options), set by netev_connection_options_init.
+    /// sizeof(netev_connection_options) as the host's header declares it,
+    /// set by netev_connection_options_init: which fields the host has.
     pub size: u32,
     /// CONNECTION: the connection is established.
     pub on_connection: netev_connection_callback,
@@ -137,6 +140,24 @@ impl Default for netev_connection_options {
     }
 }
 
+// SAFETY: #[repr(C)], `size: u32` first, Default is zeros and the size;
+// its fields are callbacks (Option<fn>), pointers, numbers and two bools.
+unsafe impl crate::abi::Versioned for netev_connection_options {
+    const NAME: &'static str = "netev_connection_options";
+    const FIRST_SIZE: usize = std::mem::offset_of!(netev_connection_options, dispatcher)
+        + std::mem::size_of::<netev_dispatcher>();
+    const BOOLS: &'static [(&'static str, usize)] = &[
+        (
+            "no_delay",
+            std::mem::offset_of!(netev_connection_options, no_delay),
+        ),
+        (
+            "allow_half_open",
+            std::mem::offset_of!(netev_connection_options, allow_half_open),
+        ),
+    ];
+}
+
 /// Seconds a connect may take when `connection_timeout` is 0.
 pub const NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS: u64 = 30;
 /// Bytes `send` may queue when `send_buffer_limit` is 0.
@@ -203,13 +224,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Validates options. The C ABI reads a host's struct with
+    /// `abi::read` first (its `size` bytes over the defaults); here `o` is
+    /// a whole struct of this version, whose `size` must still be at least
+    /// the first version's (a struct no init function set is refused).
     pub fn from_options(o: &netev_connection_options) -> Result<Config> {
-        if (o.size as usize) < std::mem::size_of::<netev_connection_options>() {
+        let first = <netev_connection_options as crate::abi::Versioned>::FIRST_SIZE;
+        if (o.size as usize) < first {
             return Err(Error::invalid(format!(
-                "connection options size is {}, below {}: initialise them with \
+                "connection options size is {}, below {first}: initialise them with \
                  netev_connection_options_init",
                 o.size,
-                std::mem::size_of::<netev_connection_options>()
             )));
         }
         let dispatcher = match o.dispatcher {

@@ -302,7 +302,8 @@ static inline bool lsn_accept(netev_listener l, const netev_event *e, void *ud,
       e->message[0] != 0)
     lsn_bad(s->bad_what, sizeof s->bad_what, &s->bad, "accept: data/error fields set%s%ld", "",
             0);
-  if (o == NULL || o->size != sizeof *o)
+  /* The library's own options: at least as large as this header's. */
+  if (o == NULL || o->size < sizeof *o)
     lsn_bad(s->bad_what, sizeof s->bad_what, &s->bad, "accept: options NULL or bad size%s%ld",
             "", 0);
   else if (s->want_user_data && o->user_data != s->want_user_data)

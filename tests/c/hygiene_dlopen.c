@@ -30,13 +30,13 @@
 /* The functions used, looked up by name. */
 static struct api {
   __typeof__(netev_status_name) *status_name;
-  __typeof__(netev_connection_options_init) *conn_options_init;
+  __typeof__(netev_connection_options_init_sized) *conn_options_init;
   __typeof__(netev_connection_open) *conn_open;
   __typeof__(netev_connection_send) *conn_send;
   __typeof__(netev_connection_shutdown) *conn_shutdown;
   __typeof__(netev_connection_wait) *conn_wait;
   __typeof__(netev_connection_release) *conn_release;
-  __typeof__(netev_listener_options_init) *lsn_options_init;
+  __typeof__(netev_listener_options_init_sized) *lsn_options_init;
   __typeof__(netev_listener_open) *lsn_open;
   __typeof__(netev_listener_port) *lsn_port;
   __typeof__(netev_listener_release) *lsn_release;
@@ -92,10 +92,15 @@ static void client_terminate(netev_connection c, const netev_event *e, void *ud)
 }
 
 static void round_trip(int round) {
+  /* A host that looks the functions up passes its own struct sizes to the
+   * _sized initialisers, as the header's macros do. */
+  netev_connection_options defaults;
+  CHECK_OK(api.conn_options_init(&defaults, sizeof defaults));
+  defaults.on_data = server_data;
   netev_listener_options lo;
-  CHECK_OK(api.lsn_options_init(&lo));
+  CHECK_OK(api.lsn_options_init(&lo, sizeof lo));
   lo.bind_address = "127.0.0.1";
-  lo.connection_defaults.on_data = server_data;
+  lo.connection_defaults = &defaults;
   netev_listener l;
   CHECK_OK(api.lsn_open(0, &lo, &l));
   uint16_t port;
@@ -106,7 +111,7 @@ static void round_trip(int round) {
   pthread_mutex_init(&x.mu, NULL);
   pthread_cond_init(&x.cv, NULL);
   netev_connection_options o;
-  CHECK_OK(api.conn_options_init(&o));
+  CHECK_OK(api.conn_options_init(&o, sizeof o));
   o.on_data = client_data;
   o.on_terminate = client_terminate;
   o.user_data = &x;
@@ -149,13 +154,13 @@ int main(void) {
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) FAIL("dlopen(%s): %s", path, dlerror());
     LOAD(lib, status_name, "netev_status_name");
-    LOAD(lib, conn_options_init, "netev_connection_options_init");
+    LOAD(lib, conn_options_init, "netev_connection_options_init_sized");
     LOAD(lib, conn_open, "netev_connection_open");
     LOAD(lib, conn_send, "netev_connection_send");
     LOAD(lib, conn_shutdown, "netev_connection_shutdown");
     LOAD(lib, conn_wait, "netev_connection_wait");
     LOAD(lib, conn_release, "netev_connection_release");
-    LOAD(lib, lsn_options_init, "netev_listener_options_init");
+    LOAD(lib, lsn_options_init, "netev_listener_options_init_sized");
     LOAD(lib, lsn_open, "netev_listener_open");
     LOAD(lib, lsn_port, "netev_listener_port");
     LOAD(lib, lsn_release, "netev_listener_release");

@@ -1,5 +1,13 @@
 /* Prints the size and field offsets of every public struct as this C
- * compiler lays them out; tests/c_programs.rs compares them with Rust's. */
+ * compiler lays them out; tests/c_programs.rs compares them with Rust's:
+ * `layout` against include/netev.h (equal), `abi_released_layout` against
+ * the header as released at the start of the ABI (tests/abi/netev-0.2.h:
+ * every field there at the same offset today, the structs no smaller, and
+ * every field appended since placed past the old size).
+ *
+ * Every field of every struct is listed. A field appended later goes
+ * inside `#if` on NETEV_VERSION_* (the header it first appears in), so that
+ * this file still compiles against the released header. */
 #include "common.h"
 #include <stddef.h>
 
@@ -20,6 +28,11 @@ int main(void) {
   SIZE(netev_connection_options);
   OFF(netev_connection_options, size);
   OFF(netev_connection_options, on_connection);
+  OFF(netev_connection_options, on_data);
+  OFF(netev_connection_options, on_shutdown);
+  OFF(netev_connection_options, on_error);
+  OFF(netev_connection_options, on_terminate);
+  OFF(netev_connection_options, on_drain);
   OFF(netev_connection_options, on_end);
   OFF(netev_connection_options, user_data);
   OFF(netev_connection_options, user_data_free);
@@ -30,6 +43,17 @@ int main(void) {
   OFF(netev_connection_options, connection_timeout);
   OFF(netev_connection_options, send_buffer_limit);
   OFF(netev_connection_options, dispatcher);
+  SIZE(netev_listener_options);
+  OFF(netev_listener_options, size);
+  OFF(netev_listener_options, on_connection);
+  OFF(netev_listener_options, on_error);
+  OFF(netev_listener_options, on_terminate);
+  OFF(netev_listener_options, user_data);
+  OFF(netev_listener_options, bind_address);
+  OFF(netev_listener_options, backlog);
+  OFF(netev_listener_options, reuse_port);
+  OFF(netev_listener_options, connection_defaults);
+  OFF(netev_listener_options, dispatcher);
   SIZE(netev_error_info);
   OFF(netev_error_info, code);
   OFF(netev_error_info, os_error);
@@ -40,10 +64,13 @@ int main(void) {
   OFF(netev_runtime_options, worker_threads);
   SIZE(netev_status);
   SIZE(netev_event_type);
-  /* init sets size to the struct's sizeof. */
+  /* init sets size to the struct's sizeof (as this header declares it). */
   netev_connection_options o;
   CHECK_OK(netev_connection_options_init(&o));
   CHECK(o.size == sizeof o);
+  netev_listener_options lo;
+  CHECK_OK(netev_listener_options_init(&lo));
+  CHECK(lo.size == sizeof lo && lo.connection_defaults == NULL);
   netev_runtime_options ro;
   CHECK_OK(netev_runtime_options_init(&ro));
   CHECK(ro.size == sizeof ro);

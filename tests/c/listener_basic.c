@@ -49,11 +49,14 @@ int main(void) {
   lsn_server s;
   lsn_init(&s);
   s.want_user_data = &marker;
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
+  defaults.user_data = &marker;
+  defaults.no_delay = true;
   netev_listener_options o;
   lsn_options(&s, &o);
   o.bind_address = "127.0.0.1";
-  o.connection_defaults.user_data = &marker;
-  o.connection_defaults.no_delay = true;
+  o.connection_defaults = &defaults; /* copied by open */
   o.on_connection = basic_accept;
   netev_listener l = 0;
   CHECK_OK(netev_listener_open(0, &o, &l));
@@ -152,10 +155,13 @@ int main(void) {
   /* A second listener with on_connection NULL accepts with the defaults. */
   recorder sr;
   rec_init(&sr);
+  netev_connection_options defaults2;
+  CHECK_OK(netev_connection_options_init(&defaults2));
+  rec_set_all(&defaults2, &sr, echo_rec_cb);
   netev_listener_options o2;
   CHECK_OK(netev_listener_options_init(&o2));
   o2.bind_address = "127.0.0.1";
-  rec_set_all(&o2.connection_defaults, &sr, echo_rec_cb);
+  o2.connection_defaults = &defaults2;
   netev_listener l2 = 0;
   CHECK_OK(netev_listener_open(0, &o2, &l2));
   CHECK(l2 != 0 && l2 != l);

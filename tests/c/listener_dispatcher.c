@@ -83,11 +83,14 @@ static netev_listener open_dispatched(lsn_server *s, netev_dispatcher defaults_d
   s->expect_thread = pthread_self();
   s->check_dispatcher = 1;
   s->want_dispatcher = d;
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
+  defaults.dispatcher = defaults_dispatcher;
   netev_listener_options o;
   lsn_options(s, &o);
   o.bind_address = "127.0.0.1";
   o.dispatcher = d;
-  o.connection_defaults.dispatcher = defaults_dispatcher;
+  o.connection_defaults = &defaults;
   netev_listener l;
   CHECK_OK(netev_listener_open(0, &o, &l));
   pthread_mutex_lock(&s->mu);

@@ -148,15 +148,18 @@ int main(void) {
            (unsigned long long)limit, n);
   }
 
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
+  defaults.on_connection = server_cb;
+  defaults.on_data = server_cb;
+  defaults.on_error = server_cb;
+  defaults.on_terminate = server_cb;
   netev_listener_options o;
   CHECK_OK(netev_listener_options_init(&o));
   o.bind_address = "127.0.0.1";
   o.on_connection = accept_cb;
   o.on_error = listener_cb;
-  o.connection_defaults.on_connection = server_cb;
-  o.connection_defaults.on_data = server_cb;
-  o.connection_defaults.on_error = server_cb;
-  o.connection_defaults.on_terminate = server_cb;
+  o.connection_defaults = &defaults;
   netev_listener l;
   CHECK_OK(netev_listener_open(0, &o, &l));
   uint16_t port = 0;

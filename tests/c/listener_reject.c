@@ -58,10 +58,13 @@ int main(void) {
   lsn_server s;
   lsn_init(&s);
   s.reject = 1;
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
   netev_listener_options o;
   lsn_options(&s, &o);
   o.bind_address = "127.0.0.1";
-  netev_connection_options *d = &o.connection_defaults;
+  o.connection_defaults = &defaults;
+  netev_connection_options *d = &defaults;
   d->on_connection = d->on_data = d->on_shutdown = d->on_error = default_cb;
   d->on_terminate = d->on_drain = d->on_end = default_cb;
   d->user_data = &marker;

@@ -197,16 +197,19 @@ int main(void) {
   bad.bind_address = "127.0.0.1:80";
   check_open_fails(0, &bad, NETEV_ERR_INVALID_ARGUMENT, "bind_address with a port");
   bad.bind_address = NULL;
-  bad.connection_defaults.idle_timeout = -1;
+  netev_connection_options bad_defaults;
+  CHECK_OK(netev_connection_options_init(&bad_defaults));
+  bad.connection_defaults = &bad_defaults;
+  bad_defaults.idle_timeout = -1;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_ARGUMENT, "connection_defaults.idle_timeout -1");
-  bad.connection_defaults.idle_timeout = 0;
-  bad.connection_defaults.keepalive = 0.0 / 0.0;
+  bad_defaults.idle_timeout = 0;
+  bad_defaults.keepalive = 0.0 / 0.0;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_ARGUMENT, "connection_defaults.keepalive NaN");
-  bad.connection_defaults.keepalive = 0;
-  bad.connection_defaults.connection_timeout = -0.5;
+  bad_defaults.keepalive = 0;
+  bad_defaults.connection_timeout = -0.5;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_ARGUMENT,
                    "connection_defaults.connection_timeout -0.5");
-  bad.connection_defaults.connection_timeout = 0;
+  bad_defaults.connection_timeout = 0;
   bad.size = 0;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_ARGUMENT, "size 0");
   never_options(&bad);
@@ -215,7 +218,8 @@ int main(void) {
   bad.dispatcher = l2;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_HANDLE, "a listener as dispatcher");
   bad.dispatcher = 0;
-  bad.connection_defaults.dispatcher = 0xdeadbeefcafeULL;
+  bad.connection_defaults = &bad_defaults;
+  bad_defaults.dispatcher = 0xdeadbeefcafeULL;
   check_open_fails(0, &bad, NETEV_ERR_INVALID_HANDLE, "unknown connection_defaults.dispatcher");
 
   CHECK_OK(netev_listener_release(l2));

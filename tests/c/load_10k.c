@@ -66,11 +66,14 @@ static void server_data(netev_connection c, const netev_event *e, void *ud) {
 
 static void server(int port_w, int quit_r, int n) {
   rlim_t lim = raise_nofile();
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
+  defaults.on_data = server_data;
   netev_listener_options lo;
   CHECK_OK(netev_listener_options_init(&lo));
   lo.bind_address = "127.0.0.1";
   lo.backlog = 4096;
-  lo.connection_defaults.on_data = server_data;
+  lo.connection_defaults = &defaults;
   netev_listener l;
   CHECK_OK(netev_listener_open(0, &lo, &l));
   uint16_t port;

@@ -106,10 +106,13 @@ int main(void) {
   pthread_cond_init(&cl.cv, NULL);
   cl.sum = 0xcbf29ce484222325ull;
 
+  netev_connection_options defaults;
+  CHECK_OK(netev_connection_options_init(&defaults));
+  defaults.on_data = server_data;
   netev_listener_options lo;
   CHECK_OK(netev_listener_options_init(&lo));
   lo.bind_address = "127.0.0.1";
-  lo.connection_defaults.on_data = server_data;
+  lo.connection_defaults = &defaults;
   netev_listener l;
   CHECK_OK(netev_listener_open(0, &lo, &l));
   uint16_t port;

@@ -46,10 +46,13 @@ int main(void) {
   alarm(60); /* never hang a test run */
   printf("netev %s\n", netev_version());
 
+  netev_connection_options defaults;
+  check(netev_connection_options_init(&defaults), "connection_options_init");
+  defaults.on_data = server_on_data;
   netev_listener_options lo;
   check(netev_listener_options_init(&lo), "listener_options_init");
   lo.bind_address = "127.0.0.1";
-  lo.connection_defaults.on_data = server_on_data;
+  lo.connection_defaults = &defaults;
   netev_listener l;
   check(netev_listener_open(0, &lo, &l), "listener_open");
   uint16_t port = 0;

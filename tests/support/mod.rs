@@ -29,6 +29,18 @@ pub fn require_lib() -> PathBuf {
     lib
 }
 
+/// The ABI version the SONAME names (`libnetev.so.<ABI>`): the major from
+/// 1.0.0 on, 0.MINOR before (Cargo's rule of what is compatible), as
+/// scripts/install.sh and build.rs derive it.
+pub fn abi_version() -> String {
+    let mut parts = env!("CARGO_PKG_VERSION").split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), _) => major.to_string(),
+        (None, _) => panic!("CARGO_PKG_VERSION is empty"),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
     Plain,

@@ -239,7 +239,7 @@ class netev_listener_options(Structure):
         ("bind_address", c_char_p),
         ("backlog", c_uint32),
         ("reuse_port", c_bool),
-        ("connection_defaults", netev_connection_options),
+        ("connection_defaults", POINTER(netev_connection_options)),  # NULL: the defaults
         ("dispatcher", netev_dispatcher),
     ]
 
@@ -259,6 +259,7 @@ _SIGNATURES = {
     "netev_event_type_name": (c_char_p, [c_int32]),
     "netev_last_error_message": (c_size_t, [c_char_p, c_size_t]),
     "netev_version": (c_char_p, []),
+    "netev_connection_options_init_sized": (c_enum, [_P(netev_connection_options), c_size_t]),
     "netev_connection_options_init": (c_enum, [_P(netev_connection_options)]),
     "netev_connection_open": (
         c_enum,
@@ -279,6 +280,7 @@ _SIGNATURES = {
     "netev_connection_buffered_amount": (c_enum, [netev_connection, _P(c_size_t)]),
     "netev_connection_error_count": (c_enum, [netev_connection, _P(c_size_t)]),
     "netev_connection_error_at": (c_enum, [netev_connection, c_size_t, _P(netev_error_info)]),
+    "netev_listener_options_init_sized": (c_enum, [_P(netev_listener_options), c_size_t]),
     "netev_listener_options_init": (c_enum, [_P(netev_listener_options)]),
     "netev_listener_open": (c_enum, [c_uint16, _P(netev_listener_options), _P(netev_listener)]),
     "netev_listener_port": (c_enum, [netev_listener, _P(c_uint16)]),
@@ -290,6 +292,7 @@ _SIGNATURES = {
     "netev_dispatcher_run": (c_enum, [netev_dispatcher, c_double, _P(c_size_t)]),
     "netev_dispatcher_fd": (c_enum, [netev_dispatcher, _P(c_int)]),
     "netev_dispatcher_release": (c_enum, [netev_dispatcher]),
+    "netev_runtime_options_init_sized": (c_enum, [_P(netev_runtime_options), c_size_t]),
     "netev_runtime_options_init": (c_enum, [_P(netev_runtime_options)]),
     "netev_runtime_init": (c_enum, [_P(netev_runtime_options)]),
     "netev_runtime_shutdown": (c_enum, [c_double]),
@@ -771,6 +774,16 @@ _ACCEPT_CB = netev_accept_callback(_accept_trampoline)
 _NULL_CONN_CB = netev_connection_callback()  # a NULL slot
 
 
+def _new_options(struct, init_sized):
+    """A new options struct, filled with the defaults by its _sized
+    initialiser given this module's own ctypes size of it: so a newer
+    libnetev, whose struct has grown, writes and reads only the fields this
+    binding declares (the header's "Versions")."""
+    opts = struct()
+    _call(init_sized, byref(opts), ctypes.sizeof(struct))
+    return opts
+
+
 def _callbacks_of(spec: dict) -> dict:
     return {name: spec[name] for name in _CALLBACK_NAMES if spec.get(name) is not None}
 
@@ -911,8 +924,7 @@ class Connection:
         addr = _cstr(address, "address")
         port = _port(port)
         conn = cls(0, refs=1)
-        opts = netev_connection_options()
-        _call(lib.netev_connection_options_init, byref(opts))
+        opts = _new_options(netev_connection_options, lib.netev_connection_options_init_sized)
         token = next(_tokens)
         _fill_options(opts, spec, token, conn)
         _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec))
@@ -1094,8 +1106,7 @@ class Listener:
         listener = cls(0)
         if isinstance(dispatcher, Dispatcher):
             listener._dispatcher = dispatcher
-        opts = netev_listener_options()
-        _call(lib.netev_listener_options_init, byref(opts))
+        opts = _new_options(netev_listener_options, lib.netev_listener_options_init_sized)
         token = next(_tokens)
         opts.on_connection = _ACCEPT_CB
         opts.on_error = _LISTENER_CB
@@ -1279,8 +1290,7 @@ class Dispatcher:
 
 def init_runtime(worker_threads: int = 0) -> None:
     """Starts netev's runtime (optional: the first open does it)."""
-    opts = netev_runtime_options()
-    _call(lib.netev_runtime_options_init, byref(opts))
+    opts = _new_options(netev_runtime_options, lib.netev_runtime_options_init_sized)
     opts.worker_threads = int(worker_threads)
     _call(lib.netev_runtime_init, byref(opts))
 

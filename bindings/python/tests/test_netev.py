@@ -117,15 +117,41 @@ def echo_listener(dispatcher=None, recorders=None, **kw):
 # -- layout -------------------------------------------------------------------
 
 
+_OPTIONS = (
+    (netev.netev_connection_options, "netev_connection_options"),
+    (netev.netev_listener_options, "netev_listener_options"),
+    (netev.netev_runtime_options, "netev_runtime_options"),
+)
+
+
 def test_options_size_matches_ctypes():
-    for struct, init in (
-        (netev.netev_connection_options, netev.lib.netev_connection_options_init),
-        (netev.netev_listener_options, netev.lib.netev_listener_options_init),
-        (netev.netev_runtime_options, netev.lib.netev_runtime_options_init),
-    ):
+    """The plain initialiser writes the library's sizeof: this binding's
+    structs mirror this version's header."""
+    for struct, name in _OPTIONS:
         o = struct()
-        assert init(ctypes.byref(o)) == 0
-        assert o.size == ctypes.sizeof(struct), struct.__name__
+        assert getattr(netev.lib, name + "_init")(ctypes.byref(o)) == 0
+        assert o.size == ctypes.sizeof(struct), name
+
+
+def test_sized_init_writes_exactly_size_bytes():
+    """_sized writes the given size (the binding's own struct) and no byte
+    past it; a larger (newer) struct gets zeros, the defaults, past the
+    library's fields; a size below the first version or NULL is refused."""
+    for struct, name in _OPTIONS:
+        init = getattr(netev.lib, name + "_init_sized")
+        n = ctypes.sizeof(struct)
+        buf = (ctypes.c_uint8 * (n + 64))(*([0xA5] * (n + 64)))
+        assert init(ctypes.cast(buf, ctypes.POINTER(struct)), n + 32) == 0, name
+        data = bytes(buf)
+        assert int.from_bytes(data[:4], sys.byteorder) == n + 32, name
+        assert data[n : n + 32] == bytes(32), name
+        assert data[n + 32 :] == b"\xa5" * 32, name
+        o = struct.from_buffer_copy(data[:n])
+        for field, ctype in struct._fields_[1:]:
+            value = getattr(o, field)
+            assert not value, (name, field, value)
+        assert init(ctypes.cast(buf, ctypes.POINTER(struct)), 3) == netev.Status.ERR_INVALID_ARGUMENT
+        assert init(None, n) == netev.Status.ERR_NULL_ARGUMENT
 
 
 def test_struct_layout_matches_header(tmp_path):
