@@ -126,8 +126,8 @@ pub struct Dispatcher {
 pub const BUFFER_SIZE: usize = 64 << 10;
 const SPARE_BUFFERS: usize = 32;
 
-impl crate::io_loop::EndOfTurn for Dispatcher {
-    fn end_of_turn(&self) {
+impl crate::sync::Wake for Dispatcher {
+    fn wake(&self) {
         let mut q = self.lock();
         q.signal_due = false;
         if !q.running && !q.jobs.is_empty() {
@@ -261,7 +261,8 @@ impl Dispatcher {
     }
 
     /// Queues a job for the host's thread. On an I/O thread the host is
-    /// woken at the end of the loop's turn, once for everything the turn
+    /// woken at the end of the loop's turn (or before any host code runs on
+    /// that thread, which could take long), once for everything the turn
     /// queued: waking it per event would switch threads per event.
     pub fn post(self: &Arc<Self>, job: Job) {
         let mut q = self.lock();
@@ -273,7 +274,7 @@ impl Dispatcher {
         }
         q.jobs.push_back(job);
         if !q.running && !q.signaled && !q.signal_due {
-            q.signal_due = crate::io_loop::at_end_of_turn(self.clone());
+            q.signal_due = crate::io_loop::wake_at_end_of_turn(self.clone());
             if !q.signal_due {
                 self.set_signal(&mut q, true);
             }
@@ -374,7 +375,14 @@ impl Dispatcher {
                 ));
             }
             if !q.running && !q.jobs.is_empty() {
-                return Ok(self.run_batch(q, None));
+                let ran = self.run_batch(q, None);
+                // Jobs that called nothing of the host's (an event without
+                // a callback) are not the callback this run waits for.
+                if ran > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(ran);
+                }
+                q = self.lock();
+                continue;
             }
             q = match self.wait(q, deadline) {
                 Some(q) => q,

@@ -42,38 +42,16 @@ fn call(cx: &mut Cx<'_>, src: &Arc<dyn Source>, f: impl FnOnce(Arc<dyn Source>, 
     }
 }
 
-/// Work a loop thread put off until the end of its turn: done once, before
-/// the loop sleeps, however many times it was asked for in the turn.
-pub trait EndOfTurn: Send + Sync {
-    fn end_of_turn(&self);
-}
-
-thread_local! {
-    static END_OF_TURN: std::cell::RefCell<Vec<Arc<dyn EndOfTurn>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// On a loop thread, queues `work` for the end of this turn and returns
-/// true; elsewhere returns false (the caller then does it now). Callers
-/// deduplicate.
-pub fn at_end_of_turn(work: Arc<dyn EndOfTurn>) -> bool {
+/// On a loop thread, puts off `wake` until the end of this turn, or until
+/// host code is about to run on this thread (`sync::wake_pending`), and
+/// returns true; elsewhere returns false (the caller then wakes now).
+/// Callers deduplicate.
+pub fn wake_at_end_of_turn(wake: Arc<dyn crate::sync::Wake>) -> bool {
     if !on_loop_thread() {
         return false;
     }
-    END_OF_TURN.with(|e| e.borrow_mut().push(work));
+    crate::sync::wake_later(wake);
     true
-}
-
-fn run_end_of_turn() {
-    loop {
-        let work = END_OF_TURN.with(|e| std::mem::take(&mut *e.borrow_mut()));
-        if work.is_empty() {
-            return;
-        }
-        for w in work {
-            contain(|| w.end_of_turn());
-        }
-    }
 }
 
 /// What the poll reported; all false for a request or a turn asked for
@@ -305,7 +283,7 @@ fn run(mut poll: Poll, handle: &Arc<LoopHandle>) {
     loop {
         // Before the loop can sleep: one wake-up per dispatcher for all that
         // this turn queued for it, not one per event.
-        run_end_of_turn();
+        crate::sync::wake_pending();
         let queued_here = {
             let i = handle.inbox.lock();
             !i.add.is_empty() || !i.service.is_empty() || i.stop
@@ -369,7 +347,7 @@ fn run(mut poll: Poll, handle: &Arc<LoopHandle>) {
         }
         std::mem::swap(&mut again, &mut next_again);
         if inbox.stop {
-            run_end_of_turn();
+            crate::sync::wake_pending();
             // Whatever is left holds its own loop's handle: let it go.
             *handle.inbox.lock() = Inbox::default();
             return;

@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Duration;
 
 thread_local! {
@@ -27,6 +28,39 @@ thread_local! {
     static DEFERRED: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
     /// DEFERRED holds something: the common release skips it.
     static ANY_DEFERRED: Cell<bool> = const { Cell::new(false) };
+    /// Wake-ups put off until this thread sleeps or calls the host.
+    static WAKES: RefCell<Vec<Arc<dyn Wake>>> = const { RefCell::new(Vec::new()) };
+    static ANY_WAKES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A wake-up of another thread (a dispatcher's host) that a loop thread
+/// batches: one per turn, not one per event.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// Puts off `w` until `wake_pending` runs on this thread: at the end of the
+/// loop's turn, or before this thread calls the host, whose code could
+/// hold the wake-up back for as long as it runs.
+pub fn wake_later(w: Arc<dyn Wake>) {
+    WAKES.with(|v| v.borrow_mut().push(w));
+    ANY_WAKES.with(|a| a.set(true));
+}
+
+/// Does the wake-ups put off on this thread.
+pub fn wake_pending() {
+    if !ANY_WAKES.with(|a| a.replace(false)) {
+        return;
+    }
+    loop {
+        let wakes = WAKES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        if wakes.is_empty() {
+            return;
+        }
+        for w in wakes {
+            contain(|| w.wake());
+        }
+    }
 }
 
 /// Runs `f` once this thread holds no netev lock: now if it holds none.
@@ -195,6 +229,7 @@ pub fn call_host<R>(f: impl FnOnce() -> R) -> Option<R> {
         );
         std::process::abort();
     }
+    wake_pending();
     IN_HOST.with(|c| c.set(c.get() + 1));
     let r = contain(f);
     IN_HOST.with(|c| c.set(c.get() - 1));

@@ -245,6 +245,7 @@ c_tests!(
     mem_trickle_dispatcher,
     log_callback_reentry,
     dispatcher_release_in_callback,
+    dispatcher_wake_rules,
     accept_live_handle,
     io_thread_rules,
     close_after_reset,
