@@ -46,11 +46,6 @@
 #define NETEV_DEFAULT_SEND_BUFFER_LIMIT (8 << 20)
 
 /**
- * The capacity of a pooled buffer, and how many a dispatcher keeps.
- */
-#define BUFFER_SIZE (64 << 10)
-
-/**
  * Length of `netev_event.ip`: room for any IPv6 text form and its NUL.
  */
 #define NETEV_IP_TEXT_LEN 46

@@ -123,7 +123,7 @@ pub struct Dispatcher {
 }
 
 /// The capacity of a pooled buffer, and how many a dispatcher keeps.
-pub const BUFFER_SIZE: usize = 64 << 10;
+pub(crate) const BUFFER_SIZE: usize = 64 << 10;
 const SPARE_BUFFERS: usize = 32;
 
 impl crate::sync::Wake for Dispatcher {

@@ -674,11 +674,35 @@ impl AcceptRoom {
         &raw mut self.options
     }
 
-    /// What the host left there, read as any options struct is.
+    /// What the host left there, read as any options struct is; a byte
+    /// set past the struct's `size` (a field this library does not have,
+    /// set without NETEV_OPTIONS_HAS) makes the options invalid.
     fn read(&self) -> Result<netev_connection_options> {
         // SAFETY: the room has NETEV_OPTIONS_SIZE_MAX readable bytes, and
         // `read` reads no more than that (nor than `size`).
-        unsafe { abi::read(&raw const self.options, "options") }
+        let options = unsafe { abi::read(&raw const self.options, "options") }?;
+        // SAFETY: every byte of the room was initialised (zeroed, then the
+        // defaults written over the start) and the host only wrote into it.
+        let (bytes, size) = unsafe {
+            (
+                std::slice::from_raw_parts(
+                    (&raw const self.bytes).cast::<u8>(),
+                    NETEV_OPTIONS_SIZE_MAX as usize,
+                ),
+                self.options.size as usize,
+            )
+        };
+        if let Some(at) = bytes
+            .get(size..)
+            .and_then(|past| past.iter().position(|b| *b != 0))
+        {
+            return Err(Error::invalid(format!(
+                "options: byte {} is set, past the struct's size ({size}): a field this \
+                 library does not know (check with NETEV_OPTIONS_HAS)",
+                size + at
+            )));
+        }
+        Ok(options)
     }
 
     /// `user_data` and `user_data_free`, also when the rest is unreadable.

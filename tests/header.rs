@@ -80,3 +80,47 @@ fn init_macros_match_the_sized_initialisers() {
         );
     }
 }
+
+/// Every name the header defines is netev's (API.md: `netev_` for
+/// functions and types, `NETEV_` for enum values and macros): a host's own
+/// `BUFFER_SIZE` or `MAX_SLICES` must never be redefined by including it.
+#[test]
+fn every_name_the_header_defines_is_prefixed() {
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/netev.h"))
+        .expect("read include/netev.h");
+    let mut names = Vec::new();
+    for line in header.lines().map(str::trim_start) {
+        let rest = match line.strip_prefix("#define ") {
+            Some(r) => r,
+            None => continue,
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        names.push(name);
+    }
+    for line in header.lines().map(str::trim) {
+        // `typedef ... name;`, `struct name {`, `enum name {`, enumerators.
+        for key in ["typedef struct ", "typedef enum ", "struct ", "enum "] {
+            if let Some(rest) = line.strip_prefix(key) {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    assert!(names.len() > 10, "parsed too few names: {names:?}");
+    let foreign: Vec<&String> = names
+        .iter()
+        .filter(|n| !(n.starts_with("NETEV_") || n.starts_with("netev_")))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "names without the netev prefix: {foreign:?}"
+    );
+}

@@ -318,7 +318,8 @@ static void count_free(void *ud) {
 }
 
 /* Sets a field this library does not know, as a newer host might, and
- * accepts. */
+ * accepts: after growing `size` as a newer init would, or without. */
+static int unknown_field_inside_size;
 static bool accept_unknown_field(netev_listener l, const netev_event *e, void *ud,
                                  netev_connection_options *o) {
   (void)l, (void)e, (void)ud;
@@ -331,7 +332,8 @@ static bool accept_unknown_field(netev_listener l, const netev_event *e, void *u
   unsigned char *bytes = (unsigned char *)o;
   uint32_t ours = o->size;
   if (ours + 16 > NETEV_OPTIONS_SIZE_MAX) return false;
-  o->size = ours + 16;
+  if (unknown_field_inside_size) o->size = ours + 16; /* as after a newer init */
+  /* else: set without NETEV_OPTIONS_HAS, past the size netev gave */
   bytes[ours + 8] = 1;
   return true;
 }
@@ -352,14 +354,9 @@ static int get(int *field) {
   pthread_mutex_unlock(&mu);
   return v;
 }
-static int pred_error(void *arg) {
-  (void)arg;
-  return get(&listener_errors) >= 1;
-}
-static int pred_freed(void *arg) {
-  (void)arg;
-  return get(&frees) >= 1;
-}
+/* `arg`: how many are due. */
+static int pred_error(void *arg) { return get(&listener_errors) >= (int)(intptr_t)arg; }
+static int pred_freed(void *arg) { return get(&frees) >= (int)(intptr_t)arg; }
 
 static netev_listener open_accepting(netev_accept_callback cb, uint16_t *port) {
   netev_listener_options lo;
@@ -389,30 +386,36 @@ static void check_accept_room(void) {
   CHECK(get(&listener_errors) == 0);
   CHECK_OK(netev_listener_release(l));
 
-  TEST_STAGE = "accept: a field this library does not know";
-  l = open_accepting(accept_unknown_field, &port);
-  fd = bsd_connect("127.0.0.1", port);
-  if (fd < 0) FAIL("connect: %s", strerror(errno));
-  (void)write_all(fd, msg, sizeof msg); /* may meet the close: fine */
-  int end = bsd_recv_end(fd, 10);
-  if (end == -1 || end == ETIMEDOUT)
-    FAIL("the client of a connection accepted with an unknown field was %s",
-         end == -1 ? "answered" : "neither closed nor reset within 10 s");
-  close(fd);
-  if (!poll_until(pred_error, NULL, 10)) FAIL("no listener ERROR for the unknown field");
-  pthread_mutex_lock(&mu);
-  netev_status err = listener_error;
-  char message[256];
-  snprintf(message, sizeof message, "%s", listener_message);
-  pthread_mutex_unlock(&mu);
-  if (err != NETEV_ERR_INVALID_ARGUMENT || !strstr(message, "does not know"))
-    FAIL("listener ERROR %s \"%s\", expected NETEV_ERR_INVALID_ARGUMENT about an unknown field",
-         netev_status_name((int32_t)err), message);
-  if (!poll_until(pred_freed, NULL, 10)) FAIL("user_data_free of the refused options never ran");
-  CHECK_OK(netev_listener_release(l));
+  for (int round = 0; round < 2; round++) {
+    unknown_field_inside_size = round == 0;
+    TEST_STAGE = round == 0 ? "accept: a field this library does not know, inside size"
+                            : "accept: a field this library does not know, past size";
+    l = open_accepting(accept_unknown_field, &port);
+    fd = bsd_connect("127.0.0.1", port);
+    if (fd < 0) FAIL("connect: %s", strerror(errno));
+    (void)write_all(fd, msg, sizeof msg); /* may meet the close: fine */
+    int end = bsd_recv_end(fd, 10);
+    if (end == -1 || end == ETIMEDOUT)
+      FAIL("the client of a connection accepted with an unknown field was %s (%s)",
+           end == -1 ? "answered" : "neither closed nor reset within 10 s", TEST_STAGE);
+    close(fd);
+    if (!poll_until(pred_error, (void *)(intptr_t)(round + 1), 10))
+      FAIL("no listener ERROR for the unknown field (%s)", TEST_STAGE);
+    pthread_mutex_lock(&mu);
+    netev_status err = listener_error;
+    char message[256];
+    snprintf(message, sizeof message, "%s", listener_message);
+    pthread_mutex_unlock(&mu);
+    if (err != NETEV_ERR_INVALID_ARGUMENT || !strstr(message, "does not know"))
+      FAIL("listener ERROR %s \"%s\", expected NETEV_ERR_INVALID_ARGUMENT about an unknown field",
+           netev_status_name((int32_t)err), message);
+    if (!poll_until(pred_freed, (void *)(intptr_t)(round + 1), 10))
+      FAIL("user_data_free of the refused options never ran (%s)", TEST_STAGE);
+    CHECK_OK(netev_listener_release(l));
+  }
   CHECK_OK(netev_runtime_shutdown(10));
-  CHECK(get(&accepted) == 2 && get(&bad_options) == 0 && get(&frees) == 1);
-  CHECK(get(&listener_errors) == 1 && get(&bad_sends) == 0);
+  CHECK(get(&accepted) == 3 && get(&bad_options) == 0 && get(&frees) == 2);
+  CHECK(get(&listener_errors) == 2 && get(&bad_sends) == 0);
 }
 
 int main(void) {
