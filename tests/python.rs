@@ -1,6 +1,6 @@
 //! Runs the Python binding's pytest suite (bindings/python/tests) against
 //! the libnetev.so that `cargo test` built beside this test's executable,
-//! with a time limit. `.ci/run` installs pytest when it is missing.
+//! with a time limit. scripts/test-deps.sh installs pytest in target/test-venv.
 
 mod support;
 
@@ -10,8 +10,17 @@ use support::{require_lib, root, run_bounded};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
+/// `PYTHON` if set; else the virtual environment scripts/test-deps.sh
+/// makes (with pytest in it) when it exists; else python3.
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(p) = std::env::var("PYTHON") {
+        return p;
+    }
+    let venv = root().join("target/test-venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    "python3".into()
 }
 
 #[test]
@@ -23,8 +32,8 @@ fn pytest_suite() {
         .unwrap_or_else(|e| panic!("cannot run {}: {e} (.ci/run installs python3)", python()));
     assert!(
         probe.status.success(),
-        "pytest is not importable by {}: run .ci/run, which installs it, or \
-         `python3 -m pip install pytest`\n{}",
+        "pytest is not importable by {}: run scripts/test.sh (the README's test \
+         command), which installs it in target/test-venv\n{}",
         python(),
         String::from_utf8_lossy(&probe.stderr)
     );
