@@ -116,6 +116,15 @@ impl Connection {
         if matches!(after, After::Terminated) {
             self.lock().terminating = true;
         }
+        // The host may have closed after the failure was decided and before
+        // its ERROR began: close's word (CLOSE, never ERROR) holds, decided
+        // as late as the callback itself can be.
+        let (ty, error) = match ty {
+            EventType::NETEV_EVENT_ERROR if self.lock().close_requested => {
+                (EventType::NETEV_EVENT_CLOSE, None)
+            }
+            _ => (ty, error),
+        };
         let cfg = self.cfg();
         let cb = cfg.callback(ty);
         if let Some(cb) = cb {
