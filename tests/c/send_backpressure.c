@@ -67,9 +67,15 @@ static void test_limit_and_drain(void) {
   CHECK_STATUS(netev_connection_send(c, buf + off, CHUNK), NETEV_ERR_BUFFER_FULL);
   CHECK(buffered(c) <= before);
 
-  /* The peer reads nothing: no DRAIN may come. */
-  CHECK(!rec_wait_type(&r, NETEV_EVENT_DRAIN, 0.3));
-  CHECK(rec_count(&r, NETEV_EVENT_DRAIN) == 0);
+  /* The peer reads nothing. Its kernel may still take some of the queue
+   * (socket buffers grow as the connection warms up, more so when valgrind
+   * slows the sender): DRAIN is due exactly when the queue falls to half the
+   * limit, never before. The queue only shrinks, so one still above half
+   * now was above half all along. */
+  int early = rec_wait_type(&r, NETEV_EVENT_DRAIN, 0.3);
+  if (early && buffered(c) > LIMIT / 2)
+    FAIL("DRAIN came while %zu bytes were still queued (limit %d)", buffered(c), LIMIT);
+  if (!early) CHECK(rec_count(&r, NETEV_EVENT_DRAIN) == 0);
 
   peer_resume(&p);
   CHECK(rec_wait_type(&r, NETEV_EVENT_DRAIN, 10));
