@@ -336,6 +336,7 @@ _SIGNATURES = {
     "netev_connection_server_name": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
     "netev_connection_peer_certificate": (c_enum, [netev_connection, c_void_p, c_size_t, _P(c_size_t)]),
     "netev_tls_options_init_sized": (c_enum, [_P(netev_tls_options), c_size_t]),
+    "netev_tls_options_init": (c_enum, [_P(netev_tls_options)]),
     "netev_tls_client_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
     "netev_tls_server_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
     "netev_tls_config_release": (c_enum, [netev_tls_config]),
