@@ -80,6 +80,13 @@ static inline netev_tls_config tls_server(const char *cert, const char *key, con
   return c;
 }
 
+/* Frees an xrec once its user_data_free ran (it runs after TERMINATE
+ * returned, on netev's thread). */
+static inline void xrec_done(xrec *x) {
+  CHECK(xrec_wait_freed(x, 10));
+  xrec_free_fields(x);
+}
+
 /* A connection string property into a static buffer. */
 typedef netev_status (*tls_string_getter)(netev_connection, char *, size_t, size_t *);
 static inline const char *tls_prop(netev_connection c, tls_string_getter get) {
@@ -222,7 +229,10 @@ static inline void tls_srv_stop(tls_srv *s) {
 /* Frees the server once every connection it accepted has ended (their
  * callbacks use its memory). */
 static inline void tls_srv_free(tls_srv *s) {
-  for (int i = 0; i < tls_srv_count(s); i++) REC_WAIT_TERMINATED_OR_FAIL(&s->conns[i].r, 10);
+  for (int i = 0; i < tls_srv_count(s); i++) {
+    REC_WAIT_TERMINATED_OR_FAIL(&s->conns[i].r, 10);
+    CHECK(xrec_wait_freed(&s->conns[i], 10)); /* user_data_free runs after TERMINATE */
+  }
   for (int i = 0; i < 4; i++)
     if (tls_srv_table[i] == s) tls_srv_table[i] = NULL;
   for (int i = 0; i < TLS_SRV_MAX; i++) xrec_free_fields(&s->conns[i]);

@@ -138,7 +138,7 @@ static void echo_case(int mutual) {
   CHECK_OK(netev_connection_release(c));
   tls_srv_stop(&s);
   free(msg);
-  xrec_free_fields(&x);
+  xrec_done(&x);
   tls_srv_free(&s);
 }
 
@@ -185,7 +185,7 @@ static void dispatcher_case(void) {
   CHECK_OK(netev_tls_config_release(scfg));
   CHECK_OK(netev_tls_config_release(ccfg));
   free(msg);
-  xrec_free_fields(&x);
+  xrec_done(&x);
   tls_srv_free(&s);
 }
 

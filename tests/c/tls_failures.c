@@ -72,7 +72,7 @@ static void pair_case(netev_tls_config ccfg, netev_tls_config scfg, const char *
   }
   CHECK_OK(netev_connection_release(c));
   tls_srv_stop(&s);
-  xrec_free_fields(&x);
+  xrec_done(&x);
   tls_srv_free(&s);
 }
 
@@ -130,7 +130,7 @@ static void plain_peer_case(int close_only, const char *want) {
   pthread_join(p.t, NULL);
   close(p.fd);
   CHECK_OK(netev_tls_config_release(ccfg));
-  xrec_free_fields(&x);
+  xrec_done(&x);
 }
 
 /* A plaintext client to a TLS listener. */
@@ -185,7 +185,7 @@ static void handshake_timeout_case(void) {
   CHECK_OK(netev_connection_release(c));
   peer_stop(&p);
   CHECK_OK(netev_tls_config_release(ccfg));
-  xrec_free_fields(&x);
+  xrec_done(&x);
 }
 
 int main(void) {

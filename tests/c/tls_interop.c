@@ -65,7 +65,7 @@ static void client_vs_s_server(netev_tls_config cfg) {
   child_stop(&ch, SIGTERM);
   free(up);
   free(down);
-  xrec_free_fields(&x);
+  xrec_done(&x);
 }
 
 static void truncation(netev_tls_config cfg) {
@@ -90,7 +90,7 @@ static void truncation(netev_tls_config cfg) {
   CHECK(strcmp(info.component, "tls") == 0);
   CHECK_XREC_CLEAN(&x);
   CHECK_OK(netev_connection_release(c));
-  xrec_free_fields(&x);
+  xrec_done(&x);
 }
 
 static void server_vs_s_client(int tls12) {
