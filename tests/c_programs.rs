@@ -317,7 +317,13 @@ macro_rules! tls_tests {
     };
 }
 
-tls_tests!(tls_basic, tls_failures, tls_interop, tls_bad_input);
+tls_tests!(
+    tls_basic,
+    tls_failures,
+    tls_interop,
+    tls_bad_input,
+    tls_backpressure,
+);
 
 /// Programs built against the released header (see the top of this file),
 /// run on the current library: the core, listeners, dispatch, bad input,
