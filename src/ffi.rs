@@ -261,6 +261,11 @@ pub extern "C" fn netev_connection_open(
 /// into an empty queue is taken whole, whatever its size (so no message is
 /// refused forever): bound what a single call sends if that matters.
 ///
+/// With TLS the bytes are plaintext, and so are the limit and the queue:
+/// before the handshake completed they wait in the queue; after it, with
+/// nothing queued, the calling thread encrypts them and writes the
+/// records itself.
+///
 /// `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
 /// in the errors list) without touching `data`.
 /// Returns NETEV_ERR_CLOSED after shutdown or close; NETEV_ERR_BUFFER_FULL
@@ -290,7 +295,9 @@ pub extern "C" fn netev_connection_send(
 
 /// Closes the write side once every byte already queued is written;
 /// reading goes on until the peer closes, then CLOSE and TERMINATE. Ends
-/// any wait on the connection. Calling it again is harmless.
+/// any wait on the connection. Calling it again is harmless. With TLS it
+/// sends close_notify after the queued bytes (once the handshake
+/// completed), then the FIN; the peer's close_notify is END.
 /// Returns NETEV_ERR_CLOSED after close or once the connection ended,
 /// NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
@@ -326,7 +333,9 @@ pub extern "C" fn netev_connection_wait(
 
 /// Aborts the connection now: unsent queued bytes are dropped, and CLOSE
 /// then TERMINATE follow (never ERROR). Harmless on a connection that
-/// already ended. The handle stays valid until released.
+/// already ended. The handle stays valid until released. With TLS no
+/// close_notify is sent: an abort is what the peer sees (use shutdown for
+/// a clean end).
 /// Returns NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_close(conn: netev_connection) -> netev_status {
@@ -438,7 +447,9 @@ pub extern "C" fn netev_connection_user_data(
     property(conn, out, |c| c.user_data())
 }
 
-/// Bytes queued by send but not yet written to the socket.
+/// Bytes queued by send but not yet written to the socket. With TLS:
+/// plaintext bytes not yet handed to rustls (which holds at most 64 KiB
+/// of ciphertext more, bounded on its own).
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_buffered_amount(
