@@ -287,7 +287,9 @@ typedef struct netev_connection_options {
    */
   double idle_timeout;
   /**
-   * Seconds for name lookup and connect together; 0 = 30.
+   * Seconds for name lookup and connect together; 0 = 30. With TLS the
+   * handshake has as long again, from the TCP connect (or accept) on:
+   * past it, ERROR(NETEV_ERR_TIMEOUT, component "tls").
    */
   double connection_timeout;
   /**

@@ -78,7 +78,9 @@ pub struct netev_connection_options {
     pub keepalive: f64,
     /// Seconds without traffic before ERROR(NETEV_ERR_TIMEOUT); 0 = none.
     pub idle_timeout: f64,
-    /// Seconds for name lookup and connect together; 0 = 30.
+    /// Seconds for name lookup and connect together; 0 = 30. With TLS the
+    /// handshake has as long again, from the TCP connect (or accept) on:
+    /// past it, ERROR(NETEV_ERR_TIMEOUT, component "tls").
     pub connection_timeout: f64,
     /// Bytes queued but unsent before send refuses; 0 = 8 MiB.
     pub send_buffer_limit: usize,
