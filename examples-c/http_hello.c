@@ -20,8 +20,12 @@
  * SIGINT or SIGTERM stops it like echo_server: main waits in poll() on a
  * self-pipe.
  *
- * Usage: http_hello [PORT]    (0 or nothing: the system picks a free port)
+ * Usage: http_hello [--cert CHAIN.pem --key KEY.pem] [PORT]
+ *   (PORT 0 or nothing: the system picks a free port)
  * First line on stdout: "listening on port N". Then: curl http://127.0.0.1:N/
+ * With --cert and --key it serves HTTPS (TLS 1.2 and 1.3 through netev's
+ * rustls; the connections' DATA is plaintext, so nothing else changes):
+ *   curl --cacert CA.pem https://localhost:N/
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -248,13 +252,26 @@ static bool on_incoming(netev_listener listener, const netev_event *e, void *use
 }
 
 int main(int argc, char **argv) {
-  if (argc > 2) {
-    fprintf(stderr, "usage: %s [PORT]\n", argv[0]);
+  const char *cert = NULL, *key = NULL, *port_arg = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
+      cert = argv[++i];
+    } else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc) {
+      key = argv[++i];
+    } else if (!port_arg && argv[i][0] != '-') {
+      port_arg = argv[i];
+    } else {
+      fprintf(stderr, "usage: %s [--cert CHAIN.pem --key KEY.pem] [PORT]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!cert != !key) {
+    fprintf(stderr, "http_hello: --cert and --key go together\n");
     return 2;
   }
   char *end;
-  long port = argc == 2 ? strtol(argv[1], &end, 10) : 0;
-  if (argc == 2 && (*argv[1] == '\0' || *end != '\0' || port < 0 || port > 65535)) {
+  long port = port_arg ? strtol(port_arg, &end, 10) : 0;
+  if (port_arg && (*port_arg == '\0' || *end != '\0' || port < 0 || port > 65535)) {
     fprintf(stderr, "http_hello: bad port\n");
     return 2;
   }
@@ -295,6 +312,18 @@ int main(int argc, char **argv) {
   defaults.on_error = on_error;
   defaults.no_delay = true; /* small responses: no Nagle delay */
   defaults.idle_timeout = 30;
+  netev_tls_config tls = 0;
+  if (cert) {
+    /* HTTPS: a server config; the listener's connections then speak only
+     * TLS (a failed handshake is an ERROR on that connection, no request). */
+    netev_tls_options t;
+    check(netev_tls_options_init(&t), "tls_options_init");
+    t.cert_file = cert;
+    t.key_file = key;
+    t.alpn = "http/1.1";
+    check(netev_tls_server_config_create(&t, &tls), "tls_server_config_create");
+    defaults.tls = tls;
+  }
 
   netev_listener_options options;
   check(netev_listener_options_init(&options), "listener_options_init");
@@ -303,6 +332,7 @@ int main(int argc, char **argv) {
 
   netev_listener listener;
   check(netev_listener_open((uint16_t)port, &options, &listener), "listener_open");
+  if (tls) check(netev_tls_config_release(tls), "tls_config_release"); /* the listener keeps it */
   uint16_t real_port;
   check(netev_listener_port(listener, &real_port), "listener_port");
   printf("listening on port %u\n", (unsigned)real_port);

@@ -106,6 +106,11 @@ typedef enum netev_status {
    * A bug in netev (a caught panic).
    */
   NETEV_ERR_INTERNAL = 15,
+  /**
+   * A TLS handshake, certificate or record failure, or a bad TLS
+   * configuration; the message says which (component "tls").
+   */
+  NETEV_ERR_TLS = 16,
 } netev_status;
 
 /**
@@ -205,6 +210,11 @@ typedef void (*netev_user_data_free)(void *user_data);
 typedef uint64_t netev_dispatcher;
 
 /**
+ * A TLS configuration handle. 0 is never valid.
+ */
+typedef uint64_t netev_tls_config;
+
+/**
  * How a connection behaves. Fill it with `netev_connection_options_init`,
  * then set what you need; netev copies it during the open call (its first
  * `size` bytes: see NETEV_OPTIONS_HAS and "Versions" at the end of this
@@ -272,7 +282,9 @@ typedef struct netev_connection_options {
    */
   double idle_timeout;
   /**
-   * Seconds for name lookup and connect together; 0 = 30.
+   * Seconds for name lookup and connect together; 0 = 30. With TLS the
+   * handshake has as long again, from the TCP connect (or accept) on:
+   * past it, ERROR(NETEV_ERR_TIMEOUT, component "tls").
    */
   double connection_timeout;
   /**
@@ -283,6 +295,50 @@ typedef struct netev_connection_options {
    * Dispatcher that runs the callbacks; 0 = netev's own I/O threads.
    */
   netev_dispatcher dispatcher;
+  /**
+   * Client: the local IP to bind before connecting; NULL = any. Not
+   * supported yet: anything but NULL gives NETEV_ERR_INVALID_ARGUMENT.
+   */
+  const char *bind_address;
+  /**
+   * Client: the local port; 0 = any. Not supported yet: must be 0.
+   */
+  uint16_t bind_port;
+  /**
+   * NETEV_FRAMING_NONE (0). Framing is not supported yet: must be 0.
+   */
+  uint8_t framing;
+  /**
+   * Length-prefix framing's prefix size. Not supported yet: must be 0.
+   */
+  uint8_t length_prefix_bytes;
+  /**
+   * Delimiter framing's delimiter. Not supported yet: must be NULL.
+   */
+  const uint8_t *delimiter;
+  /**
+   * The delimiter's length. Not supported yet: must be 0.
+   */
+  size_t delimiter_len;
+  /**
+   * The largest frame. Not supported yet: must be 0.
+   */
+  size_t max_frame;
+  /**
+   * TLS: a client configuration (netev_tls_client_config_create) for a
+   * client connection, a server one for a listener's connections; 0 =
+   * plain TCP. The connection holds its own reference: the host may
+   * release the configuration right after open. With TLS, CONNECTION
+   * fires once the handshake completed; DATA carries plaintext.
+   */
+  netev_tls_config tls;
+  /**
+   * Client: the name sent in TLS SNI and verified against the server's
+   * certificate; NULL = the address given to open (a name, or an IP
+   * literal, verified against the certificate's IP addresses and sent
+   * as no SNI). Copied at open. Listeners never read it.
+   */
+  const char *server_name;
 } netev_connection_options;
 
 /**
@@ -420,6 +476,75 @@ typedef struct netev_runtime_options {
  */
 typedef void (*netev_log_callback)(const char *line, void *user_data);
 
+/**
+ * What a TLS configuration holds. Fill it with `netev_tls_options_init`,
+ * then set what you need; netev reads it (its first `size` bytes) and
+ * every file and PEM string it names during the create call, so none of
+ * them need outlive it. Paths and PEM strings are NUL-terminated UTF-8.
+ */
+typedef struct netev_tls_options {
+  /**
+   * sizeof(netev_tls_options) as the host's header declares it, set by
+   * netev_tls_options_init: which fields the host has.
+   */
+  uint32_t size;
+  /**
+   * Trusted root certificates (PEM), from a file: the CAs a client
+   * verifies servers against, or a server its clients' certificates.
+   * A client with neither `ca_file` nor `ca_pem` trusts the system's
+   * store (rustls-native-certs: the OS's CA bundle, SSL_CERT_FILE and
+   * SSL_CERT_DIR honoured). Both may be given: their union is trusted.
+   */
+  const char *ca_file;
+  /**
+   * Trusted root certificates as PEM text in memory.
+   */
+  const char *ca_pem;
+  /**
+   * Certificate chain (PEM, leaf first): the server's, or the client's
+   * for mutual TLS. At most one of `cert_file` and `cert_pem`.
+   */
+  const char *cert_file;
+  /**
+   * The certificate chain as PEM text in memory.
+   */
+  const char *cert_pem;
+  /**
+   * The private key of the chain's leaf (PEM: PKCS#8, PKCS#1 or SEC1).
+   * It never appears in a log or a message. At most one of `key_file`
+   * and `key_pem`.
+   */
+  const char *key_file;
+  /**
+   * The private key as PEM text in memory.
+   */
+  const char *key_pem;
+  /**
+   * ALPN protocols, comma-separated in order of preference, for example
+   * "h2,http/1.1"; NULL or "" = none. A server with ALPN set refuses a
+   * client that offers ALPN but none of these protocols.
+   */
+  const char *alpn;
+  /**
+   * Client only: do not verify the server's certificate or name (tests
+   * only: anyone in the path can read and change the traffic).
+   * Signatures are still checked.
+   */
+  bool insecure_skip_verify;
+  /**
+   * Server only: ask every client for a certificate and verify it
+   * against `ca_file`/`ca_pem` (required then); a client without one,
+   * or with one those CAs did not sign, fails the handshake. Without
+   * it, a server given CAs verifies a certificate a client offers but
+   * accepts clients without one.
+   */
+  bool require_client_cert;
+  /**
+   * Only TLS 1.3; otherwise TLS 1.2 and 1.3.
+   */
+  bool tls13_only;
+} netev_tls_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -501,7 +626,13 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  * negative or NaN number of seconds, a keepalive above 32767 s, a bool
  * other than 0 or 1, `size` not set by an init function, a field past
  * this library's struct set: see "Versions"),
- * NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
+ * NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher, `tls`
+ * not a live TLS configuration), NETEV_ERR_INVALID_ARGUMENT also for a
+ * server TLS configuration, or a `server_name` (or, without one, an
+ * address) that is no DNS name or IP address while `tls` is set, and for
+ * the appended fields this library does not support yet (bind_address,
+ * bind_port, framing, length_prefix_bytes, delimiter, delimiter_len,
+ * max_frame: leave them 0),
  * NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
  */
 enum netev_status netev_connection_open(const char *address,
@@ -518,6 +649,11 @@ enum netev_status netev_connection_open(const char *address,
  * into an empty queue is taken whole, whatever its size (so no message is
  * refused forever): bound what a single call sends if that matters.
  *
+ * With TLS the bytes are plaintext, and so are the limit and the queue:
+ * before the handshake completed they wait in the queue; after it, with
+ * nothing queued, the calling thread encrypts them and writes the
+ * records itself.
+ *
  * `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
  * in the errors list) without touching `data`.
  * Returns NETEV_ERR_CLOSED after shutdown or close; NETEV_ERR_BUFFER_FULL
@@ -531,7 +667,9 @@ enum netev_status netev_connection_send(netev_connection conn, const void *data,
 /**
  * Closes the write side once every byte already queued is written;
  * reading goes on until the peer closes, then CLOSE and TERMINATE. Ends
- * any wait on the connection. Calling it again is harmless.
+ * any wait on the connection. Calling it again is harmless. With TLS it
+ * sends close_notify after the queued bytes (once the handshake
+ * completed), then the FIN; the peer's close_notify is END.
  * Returns NETEV_ERR_CLOSED after close or once the connection ended,
  * NETEV_ERR_INVALID_HANDLE.
  */
@@ -559,7 +697,9 @@ enum netev_status netev_connection_wait(netev_connection conn, double timeout_se
 /**
  * Aborts the connection now: unsent queued bytes are dropped, and CLOSE
  * then TERMINATE follow (never ERROR). Harmless on a connection that
- * already ended. The handle stays valid until released.
+ * already ended. The handle stays valid until released. With TLS no
+ * close_notify is sent: an abort is what the peer sees (use shutdown for
+ * a clean end).
  * Returns NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_close(netev_connection conn);
@@ -630,7 +770,9 @@ enum netev_status netev_connection_listener(netev_connection conn, netev_listene
 enum netev_status netev_connection_user_data(netev_connection conn, void **out);
 
 /**
- * Bytes queued by send but not yet written to the socket.
+ * Bytes queued by send but not yet written to the socket. With TLS:
+ * plaintext bytes not yet handed to rustls (which holds at most 64 KiB
+ * of ciphertext more, bounded on its own).
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_buffered_amount(netev_connection conn, size_t *out);
@@ -649,6 +791,54 @@ enum netev_status netev_connection_error_count(netev_connection conn, size_t *ou
 enum netev_status netev_connection_error_at(netev_connection conn,
                                             size_t index,
                                             struct netev_error_info *out);
+
+/**
+ * Copies the TLS version the handshake agreed on ("TLSv1.3" or
+ * "TLSv1.2"; "" for plain TCP or before the handshake completed) into
+ * `buf`, as netev_connection_address does (cut to fit, NUL-terminated
+ * when `capacity` > 0, full length in `*needed`). Readable from
+ * CONNECTION on, and after the end until release.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_tls_version(netev_connection conn,
+                                               char *buf,
+                                               size_t capacity,
+                                               size_t *needed);
+
+/**
+ * Copies the ALPN protocol the handshake agreed on ("" when none, or for
+ * plain TCP), as netev_connection_tls_version does.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_alpn(netev_connection conn,
+                                        char *buf,
+                                        size_t capacity,
+                                        size_t *needed);
+
+/**
+ * Server side: copies the name the client sent in SNI ("" when it sent
+ * none, on a client connection, or for plain TCP), as
+ * netev_connection_tls_version does.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_server_name(netev_connection conn,
+                                               char *buf,
+                                               size_t capacity,
+                                               size_t *needed);
+
+/**
+ * Copies the DER bytes of the peer's leaf certificate into `buf` (up to
+ * `capacity` bytes; no NUL) and stores its full length in `*needed`: 0
+ * when the peer sent none (a client without a certificate), for plain
+ * TCP, or before the handshake completed. `buf` may be NULL when
+ * `capacity` is 0 (ask the length, then call again).
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+ * NETEV_ERR_INVALID_ARGUMENT (`capacity` above PTRDIFF_MAX).
+ */
+enum netev_status netev_connection_peer_certificate(netev_connection conn,
+                                                    uint8_t *buf,
+                                                    size_t capacity,
+                                                    size_t *needed);
 
 /**
  * Fills the `size` bytes at `options` with the defaults — callbacks,
@@ -881,6 +1071,75 @@ enum netev_status netev_log_close(void);
  */
 enum netev_status netev_log_set_callback(netev_log_callback callback, void *user_data);
 
+/**
+ * Fills the `size` bytes at `options` with the defaults — every path and
+ * PEM pointer NULL, every bool false, zeros for fields this library does
+ * not know — and sets `options->size` to `size`. Writes exactly `size`
+ * bytes, and none when it fails. `size` is sizeof(netev_tls_options) as
+ * the caller's header declares it, which the netev_tls_options_init macro
+ * passes (see "Versions" at the end of this header).
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version or
+ * above NETEV_OPTIONS_SIZE_MAX).
+ */
+enum netev_status netev_tls_options_init_sized(struct netev_tls_options *options, size_t size);
+
+/**
+ * netev_tls_options_init_sized with this library's own
+ * sizeof(netev_tls_options), for bindings that mirror this version's
+ * header exactly; in C and C++ the macro of the same name replaces calls
+ * to it (see netev_connection_options_init).
+ * Returns NETEV_ERR_NULL_ARGUMENT.
+ */
+enum netev_status netev_tls_options_init(struct netev_tls_options *options);
+
+/**
+ * Builds a TLS client configuration and stores its handle in `*out`: set
+ * it as `tls` in the options of any number of client connections. The
+ * server's chain and name are verified: against `ca_file`/`ca_pem`, or,
+ * with neither, the system's trust store (read now, with
+ * rustls-native-certs). A client certificate (`cert_*` and `key_*`) is
+ * offered to servers that ask for one. Everything is read during the
+ * call; the caller owns the handle until `netev_tls_config_release`.
+ * Thread-safe; the crypto is rustls with ring.
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`out` NULL), NETEV_ERR_INVALID_ARGUMENT
+ * (invalid UTF-8, a certificate without its key or the reverse, both the
+ * file and the PEM of one item, `require_client_cert` set, a bad `alpn`
+ * list, a bad `size` or bool: see "Versions"), NETEV_ERR_TLS (a file that
+ * cannot be read, bad PEM, a key that does not match its certificate, no
+ * root in the system's store: the reason in netev_last_error_message,
+ * never the key), NETEV_ERR_SHUTDOWN (forked child).
+ */
+enum netev_status netev_tls_client_config_create(const struct netev_tls_options *options,
+                                                 netev_tls_config *out);
+
+/**
+ * Builds a TLS server configuration and stores its handle in `*out`: set
+ * it as `tls` in a listener's `connection_defaults` (its connections then
+ * speak only TLS), or per connection in `on_connection`. `cert_*` (the
+ * chain, leaf first) and `key_*` are required. With
+ * `require_client_cert`, clients must present a certificate signed by
+ * `ca_file`/`ca_pem` (required then). The caller owns the handle until
+ * `netev_tls_config_release`.
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (a missing
+ * certificate or key, `require_client_cert` without CAs,
+ * `insecure_skip_verify` set, as for the client otherwise), NETEV_ERR_TLS
+ * (as for the client), NETEV_ERR_SHUTDOWN.
+ */
+enum netev_status netev_tls_server_config_create(const struct netev_tls_options *options,
+                                                 netev_tls_config *out);
+
+/**
+ * Gives back the handle from a `_config_create`: it is invalid when this
+ * returns. Connections (and listeners' defaults) already using the
+ * configuration keep it alive, and connections opened afterwards cannot
+ * name it. Returns NETEV_ERR_INVALID_HANDLE (also on a double release).
+ */
+enum netev_status netev_tls_config_release(netev_tls_config config);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -932,5 +1191,7 @@ enum netev_status netev_log_set_callback(netev_log_callback callback, void *user
   netev_listener_options_init_sized((options), sizeof(netev_listener_options))
 #define netev_runtime_options_init(options) \
   netev_runtime_options_init_sized((options), sizeof(netev_runtime_options))
+#define netev_tls_options_init(options) \
+  netev_tls_options_init_sized((options), sizeof(netev_tls_options))
 
 #endif /* NETEV_H */

@@ -270,6 +270,17 @@ class ConnectionOps {
     return true;
   }
 
+  // A string property, whatever its length.
+  std::string text(netev_status (*fn)(netev_connection, char *, std::size_t, std::size_t *),
+                   const char *call) const {
+    std::size_t need = 0;
+    check(fn(h(), nullptr, 0, &need), call);
+    std::string s(need + 1, '\0');
+    check(fn(h(), &s[0], s.size(), &need), call);
+    s.resize(need < s.size() ? need : s.size() - 1);
+    return s;
+  }
+
   // Properties: readable until released, also after the connection ended.
   std::string address() const {
     std::size_t need = 0;
@@ -288,6 +299,22 @@ class ConnectionOps {
   }
   std::size_t buffered_amount() const {
     return get<std::size_t>(netev_connection_buffered_amount, "netev_connection_buffered_amount");
+  }
+  // TLS: "TLSv1.3"/"TLSv1.2" ("" for plain TCP or before the handshake),
+  // the ALPN protocol agreed on, the SNI name a server received, and the
+  // DER of the peer's leaf certificate (empty when none).
+  std::string tls_version() const { return text(netev_connection_tls_version, "netev_connection_tls_version"); }
+  std::string alpn() const { return text(netev_connection_alpn, "netev_connection_alpn"); }
+  std::string server_name() const { return text(netev_connection_server_name, "netev_connection_server_name"); }
+  std::vector<std::uint8_t> peer_certificate() const {
+    std::size_t need = 0;
+    check(netev_connection_peer_certificate(h(), nullptr, 0, &need), "netev_connection_peer_certificate");
+    std::vector<std::uint8_t> v(need);
+    if (need == 0) return v;
+    check(netev_connection_peer_certificate(h(), v.data(), v.size(), &need),
+          "netev_connection_peer_certificate");
+    v.resize(need < v.size() ? need : v.size());
+    return v;
   }
   // The errors list, oldest first (the newest 64 are kept).
   std::vector<ErrorInfo> errors() const {
@@ -354,6 +381,8 @@ struct Options {
   double connection_timeout = 0;  // seconds; 0 = 30
   std::size_t send_buffer_limit = 0;  // bytes; 0 = 8 MiB
   netev_dispatcher dispatcher = 0;    // Dispatcher::handle(); 0 = netev's threads
+  netev_tls_config tls = 0;           // TlsConfig::handle(); 0 = plain TCP
+  std::string server_name;            // client TLS: SNI and name checked; "" = the address
 };
 using ConnectionOptions = Options;
 
@@ -406,6 +435,7 @@ inline void write_numbers(const Options &o, netev_connection_options &c) noexcep
   c.connection_timeout = o.connection_timeout;
   c.send_buffer_limit = o.send_buffer_limit;
   c.dispatcher = o.dispatcher;
+  c.tls = o.tls;
   c.on_connection = c.on_data = c.on_shutdown = c.on_error = nullptr;
   c.on_terminate = c.on_drain = c.on_end = nullptr;
   c.user_data = nullptr;
@@ -446,6 +476,7 @@ inline void read_numbers(const netev_connection_options &c, Options &o) noexcept
   o.connection_timeout = c.connection_timeout;
   o.send_buffer_limit = c.send_buffer_limit;
   o.dispatcher = c.dispatcher;
+  o.tls = c.tls;
 }
 
 }  // namespace detail
@@ -477,6 +508,9 @@ class Connection : public detail::ConnectionOps<Connection> {
     netev_connection_options c;
     detail::check(netev_connection_options_init(&c), "netev_connection_options_init");
     std::unique_ptr<detail::ConnectionBlock> block(detail::fill(std::move(options), c));
+    // fill moved only the callbacks out: server_name is still ours, alive
+    // for the call (netev copies it)
+    if (!options.server_name.empty()) c.server_name = options.server_name.c_str();
     netev_connection h = 0;
     netev_status st = netev_connection_open(address.c_str(), port, &c, &h);
     if (st != NETEV_OK) {
@@ -514,6 +548,79 @@ class Connection : public detail::ConnectionOps<Connection> {
 };
 
 inline Connection ConnectionRef::retain() const { return Connection::retain(h_); }
+
+// ---- TLS configurations -------------------------------------------------------
+
+// netev_tls_options with strings: paths (*_file) or PEM text (*_pem); ""
+// means not given.
+struct TlsOptions {
+  std::string ca_file, ca_pem;      // client: "" both = the system's trust store
+  std::string cert_file, cert_pem;  // the server's chain, or the client's (mutual TLS)
+  std::string key_file, key_pem;    // its private key
+  std::string alpn;                 // "h2,http/1.1"; "" = none
+  bool insecure_skip_verify = false;  // client, tests only
+  bool require_client_cert = false;   // server: verify clients against ca_*
+  bool tls13_only = false;
+};
+
+// Owns a TLS configuration handle (netev_tls_client_config_create /
+// netev_tls_server_config_create); the destructor releases it. Connections
+// (and listeners' defaults) using it keep it alive: it may be destroyed
+// right after open. Move-only.
+class TlsConfig {
+ public:
+  TlsConfig() noexcept = default;
+  TlsConfig(TlsConfig &&o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  TlsConfig &operator=(TlsConfig &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, 0);
+    }
+    return *this;
+  }
+  TlsConfig(const TlsConfig &) = delete;
+  TlsConfig &operator=(const TlsConfig &) = delete;
+  ~TlsConfig() { reset(); }
+
+  // Throws Error: NETEV_ERR_TLS (unreadable file, bad PEM, a key not
+  // matching its certificate), NETEV_ERR_INVALID_ARGUMENT (a missing piece).
+  static TlsConfig client(const TlsOptions &o) {
+    return create(o, netev_tls_client_config_create, "netev_tls_client_config_create");
+  }
+  static TlsConfig server(const TlsOptions &o) {
+    return create(o, netev_tls_server_config_create, "netev_tls_server_config_create");
+  }
+
+  netev_tls_config handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != 0; }
+  void reset() noexcept {
+    if (h_) netev_tls_config_release(std::exchange(h_, 0));
+  }
+
+ private:
+  explicit TlsConfig(netev_tls_config h) noexcept : h_(h) {}
+  static const char *opt(const std::string &s) noexcept { return s.empty() ? nullptr : s.c_str(); }
+  static TlsConfig create(const TlsOptions &o,
+                          netev_status (*fn)(const netev_tls_options *, netev_tls_config *),
+                          const char *call) {
+    netev_tls_options t;
+    detail::check(netev_tls_options_init(&t), "netev_tls_options_init");
+    t.ca_file = opt(o.ca_file);
+    t.ca_pem = opt(o.ca_pem);
+    t.cert_file = opt(o.cert_file);
+    t.cert_pem = opt(o.cert_pem);
+    t.key_file = opt(o.key_file);
+    t.key_pem = opt(o.key_pem);
+    t.alpn = opt(o.alpn);
+    t.insecure_skip_verify = o.insecure_skip_verify;
+    t.require_client_cert = o.require_client_cert;
+    t.tls13_only = o.tls13_only;
+    netev_tls_config h = 0;
+    detail::check(fn(&t, &h), call);
+    return TlsConfig(h);
+  }
+  netev_tls_config h_ = 0;
+};
 
 // ---- dispatchers ----------------------------------------------------------------
 

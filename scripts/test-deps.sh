@@ -20,6 +20,7 @@ command -v valgrind >/dev/null || need_pkgs+=(valgrind)          # C tests under
 command -v nm >/dev/null || need_pkgs+=(binutils)                # hygiene_symbols
 command -v readelf >/dev/null || need_pkgs+=(binutils)           # tests/install.rs
 command -v abidiff >/dev/null || need_pkgs+=(abigail-tools)      # tests/abi.rs
+command -v openssl >/dev/null || need_pkgs+=(openssl)            # TLS tests: certificates, s_server/s_client peers
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)      # benches/run.py, tests/benches_smoke.rs, tests/install.rs
 command -v cmake >/dev/null || need_pkgs+=(cmake)                # tests/install.rs (find_package(netev))
 pkg-config --exists libuv 2>/dev/null || need_pkgs+=(libuv1-dev) # benches/uv_echo.c

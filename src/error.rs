@@ -41,12 +41,15 @@ pub enum netev_status {
     NETEV_ERR_SHUTDOWN = 14,
     /// A bug in netev (a caught panic).
     NETEV_ERR_INTERNAL = 15,
+    /// A TLS handshake, certificate or record failure, or a bad TLS
+    /// configuration; the message says which (component "tls").
+    NETEV_ERR_TLS = 16,
 }
 
 pub use netev_status as Status;
 use netev_status::*;
 
-const NAMES: [&str; 16] = [
+const NAMES: [&str; 17] = [
     "NETEV_OK\0",
     "NETEV_ERR_NULL_ARGUMENT\0",
     "NETEV_ERR_INVALID_ARGUMENT\0",
@@ -63,6 +66,7 @@ const NAMES: [&str; 16] = [
     "NETEV_ERR_IO\0",
     "NETEV_ERR_SHUTDOWN\0",
     "NETEV_ERR_INTERNAL\0",
+    "NETEV_ERR_TLS\0",
 ];
 const UNKNOWN_STATUS: &str = "NETEV_UNKNOWN_STATUS\0";
 
@@ -254,7 +258,8 @@ mod tests {
     fn names_cover_every_status_and_unknowns() {
         assert_eq!(Status::name_of(0), "NETEV_OK\0");
         assert_eq!(Status::name_of(15), "NETEV_ERR_INTERNAL\0");
-        assert_eq!(Status::name_of(16), "NETEV_UNKNOWN_STATUS\0");
+        assert_eq!(Status::name_of(16), "NETEV_ERR_TLS\0");
+        assert_eq!(Status::name_of(17), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(Status::name_of(-1), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(NETEV_ERR_TIMEOUT.name(), "NETEV_ERR_TIMEOUT");
     }

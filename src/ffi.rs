@@ -10,6 +10,7 @@ use crate::listener::{Listener, ListenerConfig, netev_listener_options};
 use crate::log;
 use crate::registry::{netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime::{self, netev_runtime_options};
+use crate::tls::{TlsConfig, TlsInput, netev_tls_config, netev_tls_options};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
@@ -70,6 +71,19 @@ fn copy_out(s: &str, buf: *mut c_char, capacity: usize) -> Result<usize> {
         crate::error::copy_cstr(dst, s);
     }
     Ok(s.len())
+}
+
+/// Copies what of `bytes` fits into a host buffer of `capacity` bytes.
+fn copy_bytes_out(bytes: &[u8], buf: *mut u8, capacity: usize) -> Result<()> {
+    if capacity > 0 {
+        need(buf, "buf")?;
+        check_size(capacity, "capacity")?;
+        let n = bytes.len().min(capacity);
+        // SAFETY: non-NULL was checked; the host promises `capacity`
+        // writable bytes at `buf`, and n <= capacity.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, n) };
+    }
+    Ok(())
 }
 
 /// Reads a host's options struct (NULL: the defaults): its first `size`
@@ -203,7 +217,13 @@ pub extern "C" fn netev_connection_options_init(
 /// negative or NaN number of seconds, a keepalive above 32767 s, a bool
 /// other than 0 or 1, `size` not set by an init function, a field past
 /// this library's struct set: see "Versions"),
-/// NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher),
+/// NETEV_ERR_INVALID_HANDLE (`dispatcher` not a live dispatcher, `tls`
+/// not a live TLS configuration), NETEV_ERR_INVALID_ARGUMENT also for a
+/// server TLS configuration, or a `server_name` (or, without one, an
+/// address) that is no DNS name or IP address while `tls` is set, and for
+/// the appended fields this library does not support yet (bind_address,
+/// bind_port, framing, length_prefix_bytes, delimiter, delimiter_len,
+/// max_frame: leave them 0),
 /// NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_open(
@@ -216,7 +236,15 @@ pub extern "C" fn netev_connection_open(
         let address = text(address, "address")?;
         need(out, "out")?;
         let options = read_options(options, "options")?;
-        let cfg = Config::from_options(&options)?;
+        let mut cfg = Config::from_options(&options)?;
+        cfg.check_tls_side(true)?;
+        if cfg.tls.is_some() {
+            let name = match options.server_name.is_null() {
+                true => address,
+                false => text(options.server_name, "server_name")?,
+            };
+            cfg.server_name = Some(crate::tls::server_name(name)?);
+        }
         // Written before the connection can have an event (`out` was checked).
         Connection::open(address, port, cfg, |id| {
             let _ = put(out, "out", id);
@@ -232,6 +260,11 @@ pub extern "C" fn netev_connection_open(
 /// the pattern: written bytes are freed as the socket takes them. One send
 /// into an empty queue is taken whole, whatever its size (so no message is
 /// refused forever): bound what a single call sends if that matters.
+///
+/// With TLS the bytes are plaintext, and so are the limit and the queue:
+/// before the handshake completed they wait in the queue; after it, with
+/// nothing queued, the calling thread encrypts them and writes the
+/// records itself.
 ///
 /// `len` above PTRDIFF_MAX gives NETEV_ERR_INVALID_ARGUMENT (also recorded
 /// in the errors list) without touching `data`.
@@ -262,7 +295,9 @@ pub extern "C" fn netev_connection_send(
 
 /// Closes the write side once every byte already queued is written;
 /// reading goes on until the peer closes, then CLOSE and TERMINATE. Ends
-/// any wait on the connection. Calling it again is harmless.
+/// any wait on the connection. Calling it again is harmless. With TLS it
+/// sends close_notify after the queued bytes (once the handshake
+/// completed), then the FIN; the peer's close_notify is END.
 /// Returns NETEV_ERR_CLOSED after close or once the connection ended,
 /// NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
@@ -298,7 +333,9 @@ pub extern "C" fn netev_connection_wait(
 
 /// Aborts the connection now: unsent queued bytes are dropped, and CLOSE
 /// then TERMINATE follow (never ERROR). Harmless on a connection that
-/// already ended. The handle stays valid until released.
+/// already ended. The handle stays valid until released. With TLS no
+/// close_notify is sent: an abort is what the peer sees (use shutdown for
+/// a clean end).
 /// Returns NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_close(conn: netev_connection) -> netev_status {
@@ -410,7 +447,9 @@ pub extern "C" fn netev_connection_user_data(
     property(conn, out, |c| c.user_data())
 }
 
-/// Bytes queued by send but not yet written to the socket.
+/// Bytes queued by send but not yet written to the socket. With TLS:
+/// plaintext bytes not yet handed to rustls (which holds at most 64 KiB
+/// of ciphertext more, bounded on its own).
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_buffered_amount(
@@ -449,6 +488,88 @@ pub extern "C" fn netev_connection_error_at(
             ))
         })?;
         put(out, "out", info)
+    })
+}
+
+/// Copies a string property of a live connection, snprintf-style.
+fn string_property(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+    get: impl FnOnce(&Connection) -> String,
+) -> netev_status {
+    boundary(|| {
+        need(needed, "needed")?;
+        let c = Connection::get(conn)?;
+        let n = copy_out(&get(&c), buf, capacity)?;
+        put(needed, "needed", n)
+    })
+}
+
+/// Copies the TLS version the handshake agreed on ("TLSv1.3" or
+/// "TLSv1.2"; "" for plain TCP or before the handshake completed) into
+/// `buf`, as netev_connection_address does (cut to fit, NUL-terminated
+/// when `capacity` > 0, full length in `*needed`). Readable from
+/// CONNECTION on, and after the end until release.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_tls_version(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    string_property(conn, buf, capacity, needed, |c| c.tls_version())
+}
+
+/// Copies the ALPN protocol the handshake agreed on ("" when none, or for
+/// plain TCP), as netev_connection_tls_version does.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_alpn(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    string_property(conn, buf, capacity, needed, |c| c.alpn())
+}
+
+/// Server side: copies the name the client sent in SNI ("" when it sent
+/// none, on a client connection, or for plain TCP), as
+/// netev_connection_tls_version does.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_server_name(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    string_property(conn, buf, capacity, needed, |c| c.tls_server_name())
+}
+
+/// Copies the DER bytes of the peer's leaf certificate into `buf` (up to
+/// `capacity` bytes; no NUL) and stores its full length in `*needed`: 0
+/// when the peer sent none (a client without a certificate), for plain
+/// TCP, or before the handshake completed. `buf` may be NULL when
+/// `capacity` is 0 (ask the length, then call again).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+/// NETEV_ERR_INVALID_ARGUMENT (`capacity` above PTRDIFF_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_peer_certificate(
+    conn: netev_connection,
+    buf: *mut u8,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    boundary(|| {
+        need(needed, "needed")?;
+        let c = Connection::get(conn)?;
+        let der = c.peer_certificate();
+        copy_bytes_out(&der, buf, capacity)?;
+        put(needed, "needed", der.len())
     })
 }
 
@@ -798,6 +919,127 @@ pub extern "C" fn netev_log_set_callback(
 ) -> netev_status {
     boundary(|| {
         log::set_callback(callback, user_data);
+        Ok(())
+    })
+}
+
+// ----- TLS configurations -------------------------------------------------
+
+/// Fills the `size` bytes at `options` with the defaults — every path and
+/// PEM pointer NULL, every bool false, zeros for fields this library does
+/// not know — and sets `options->size` to `size`. Writes exactly `size`
+/// bytes, and none when it fails. `size` is sizeof(netev_tls_options) as
+/// the caller's header declares it, which the netev_tls_options_init macro
+/// passes (see "Versions" at the end of this header).
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version or
+/// above NETEV_OPTIONS_SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_tls_options_init_sized(
+    options: *mut netev_tls_options,
+    size: usize,
+) -> netev_status {
+    boundary(|| abi::init_sized(options, size, "options"))
+}
+
+/// netev_tls_options_init_sized with this library's own
+/// sizeof(netev_tls_options), for bindings that mirror this version's
+/// header exactly; in C and C++ the macro of the same name replaces calls
+/// to it (see netev_connection_options_init).
+/// Returns NETEV_ERR_NULL_ARGUMENT.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_tls_options_init(options: *mut netev_tls_options) -> netev_status {
+    boundary(|| abi::init_sized(options, std::mem::size_of::<netev_tls_options>(), "options"))
+}
+
+/// The options' strings, converted; the paths and PEM texts are only
+/// borrowed for the create call.
+fn tls_input<'a>(o: &netev_tls_options) -> Result<TlsInput<'a>> {
+    let opt = |p: *const c_char, name: &str| -> Result<Option<&'a str>> {
+        match p.is_null() {
+            true => Ok(None),
+            false => text(p, name).map(Some),
+        }
+    };
+    Ok(TlsInput {
+        ca_file: opt(o.ca_file, "ca_file")?,
+        ca_pem: opt(o.ca_pem, "ca_pem")?,
+        cert_file: opt(o.cert_file, "cert_file")?,
+        cert_pem: opt(o.cert_pem, "cert_pem")?,
+        key_file: opt(o.key_file, "key_file")?,
+        key_pem: opt(o.key_pem, "key_pem")?,
+        alpn: opt(o.alpn, "alpn")?,
+        insecure_skip_verify: o.insecure_skip_verify,
+        require_client_cert: o.require_client_cert,
+        tls13_only: o.tls13_only,
+    })
+}
+
+/// Builds a TLS client configuration and stores its handle in `*out`: set
+/// it as `tls` in the options of any number of client connections. The
+/// server's chain and name are verified: against `ca_file`/`ca_pem`, or,
+/// with neither, the system's trust store (read now, with
+/// rustls-native-certs). A client certificate (`cert_*` and `key_*`) is
+/// offered to servers that ask for one. Everything is read during the
+/// call; the caller owns the handle until `netev_tls_config_release`.
+/// Thread-safe; the crypto is rustls with ring.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`out` NULL), NETEV_ERR_INVALID_ARGUMENT
+/// (invalid UTF-8, a certificate without its key or the reverse, both the
+/// file and the PEM of one item, `require_client_cert` set, a bad `alpn`
+/// list, a bad `size` or bool: see "Versions"), NETEV_ERR_TLS (a file that
+/// cannot be read, bad PEM, a key that does not match its certificate, no
+/// root in the system's store: the reason in netev_last_error_message,
+/// never the key), NETEV_ERR_SHUTDOWN (forked child).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_tls_client_config_create(
+    options: *const netev_tls_options,
+    out: *mut netev_tls_config,
+) -> netev_status {
+    boundary(|| {
+        need(options, "options")?;
+        need(out, "out")?;
+        let o = read_options(options, "options")?;
+        let c = TlsConfig::client(&tls_input(&o)?)?;
+        put(out, "out", c.id)
+    })
+}
+
+/// Builds a TLS server configuration and stores its handle in `*out`: set
+/// it as `tls` in a listener's `connection_defaults` (its connections then
+/// speak only TLS), or per connection in `on_connection`. `cert_*` (the
+/// chain, leaf first) and `key_*` are required. With
+/// `require_client_cert`, clients must present a certificate signed by
+/// `ca_file`/`ca_pem` (required then). The caller owns the handle until
+/// `netev_tls_config_release`.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_ARGUMENT (a missing
+/// certificate or key, `require_client_cert` without CAs,
+/// `insecure_skip_verify` set, as for the client otherwise), NETEV_ERR_TLS
+/// (as for the client), NETEV_ERR_SHUTDOWN.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_tls_server_config_create(
+    options: *const netev_tls_options,
+    out: *mut netev_tls_config,
+) -> netev_status {
+    boundary(|| {
+        need(options, "options")?;
+        need(out, "out")?;
+        let o = read_options(options, "options")?;
+        let c = TlsConfig::server(&tls_input(&o)?)?;
+        put(out, "out", c.id)
+    })
+}
+
+/// Gives back the handle from a `_config_create`: it is invalid when this
+/// returns. Connections (and listeners' defaults) already using the
+/// configuration keep it alive, and connections opened afterwards cannot
+/// name it. Returns NETEV_ERR_INVALID_HANDLE (also on a double release).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_tls_config_release(config: netev_tls_config) -> netev_status {
+    boundary(|| {
+        TlsConfig::get(config)?.release();
         Ok(())
     })
 }

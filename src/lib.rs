@@ -18,6 +18,7 @@ pub mod registry;
 pub mod runtime;
 pub mod send_queue;
 pub mod sync;
+pub mod tls;
 
 pub const NETEV_VERSION_MAJOR: u32 = 0;
 pub const NETEV_VERSION_MINOR: u32 = 2;

@@ -183,7 +183,12 @@ impl ListenerConfig {
         if defaults.dispatcher == 0 {
             defaults.dispatcher = o.dispatcher;
         }
-        let shared_defaults = Arc::new(Config::from_options(&defaults)?);
+        // Listeners never read it (a client's field): no pointer into the
+        // host's memory is kept past this call.
+        defaults.server_name = std::ptr::null();
+        let shared_defaults = Config::from_options(&defaults)?;
+        shared_defaults.check_tls_side(false)?;
+        let shared_defaults = Arc::new(shared_defaults);
         Ok(ListenerConfig {
             on_connection: o.on_connection,
             on_error: o.on_error,
@@ -464,7 +469,8 @@ impl Listener {
             None if options.same_as(&self.cfg.connection_defaults.0) => {
                 Ok(self.cfg.shared_defaults.clone())
             }
-            None => Config::from_options(&options).map(Arc::new),
+            None => Config::from_options_with(&options, self.cfg.shared_defaults.tls.as_ref())
+                .and_then(|c| c.check_tls_side(false).map(|()| Arc::new(c))),
         };
         match cfg {
             Ok(cfg) => match runtime::opening() {

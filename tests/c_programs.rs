@@ -150,13 +150,48 @@ struct Run {
     /// leak checking would only report what it chose not to free.
     no_leak_check: bool,
     header: Header,
+    /// The program uses the TLS test certificates (NETEV_TLS_DIR).
+    tls_certs: bool,
 }
 
 const DEFAULT_RUN: Run = Run {
     link: Link::Shared,
     no_leak_check: false,
     header: Header::Current,
+    tls_certs: false,
 };
+
+/// The certificates the TLS tests use, made once per test process by
+/// tests/c/tls_certs.sh with the openssl command (a CA, a server
+/// certificate for localhost and 127.0.0.1, one for another name, an
+/// expired one, a self-signed one, client certificates), in a directory of
+/// its own: made aside and renamed into place, so parallel runs never see
+/// half of it.
+fn tls_certs_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = lib_dir().join("..").join("tls-certs");
+        std::fs::create_dir_all(&base).expect("create the certificates' dir");
+        let dir = base.join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = base.join(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = Command::new("sh")
+            .arg(root().join("tests/c/tls_certs.sh"))
+            .arg(&tmp)
+            .output()
+            .expect("run tests/c/tls_certs.sh (needs the openssl command)");
+        assert!(
+            out.status.success(),
+            "tests/c/tls_certs.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &dir).expect("move the certificates in place");
+        dir
+    })
+    .clone()
+}
 
 /// Built against the released header, linked as a host would be.
 const RELEASED_RUN: Run = Run {
@@ -179,6 +214,9 @@ fn run_c_with(name: &str, limit: Duration, run: Run) -> String {
         cmd.env("NETEV_TEST_SCALE", scale);
     }
     cmd.env("NETEV_LIB_PATH", lib_dir().join("libnetev.so"));
+    if run.tls_certs {
+        cmd.env("NETEV_TLS_DIR", tls_certs_dir());
+    }
     let done = run_bounded(&mut cmd, limit);
     if std::env::var_os("NETEV_C_TEST_TIMES").is_some() {
         eprintln!("{name}: {:.1}s ({:?})", done.elapsed.as_secs_f64(), mode());
@@ -258,6 +296,34 @@ c_tests!(
     abi_guard_page,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
+);
+
+/// TLS (rustls): programs that use the certificates tests/c/tls_certs.sh
+/// makes, and the openssl command as a peer nobody here wrote.
+macro_rules! tls_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_c_with(
+                    stringify!($name),
+                    Duration::from_secs(120),
+                    Run {
+                        tls_certs: true,
+                        ..DEFAULT_RUN
+                    },
+                );
+            }
+        )*
+    };
+}
+
+tls_tests!(
+    tls_basic,
+    tls_failures,
+    tls_interop,
+    tls_bad_input,
+    tls_backpressure,
 );
 
 /// Programs built against the released header (see the top of this file),
@@ -428,6 +494,8 @@ fn rust_layout() -> Vec<(String, usize)> {
             size, on_connection, on_data, on_shutdown, on_error, on_terminate, on_drain,
             on_end, user_data, user_data_free, no_delay, allow_half_open, keepalive,
             idle_timeout, connection_timeout, send_buffer_limit, dispatcher,
+            bind_address, bind_port, framing, length_prefix_bytes, delimiter, delimiter_len,
+            max_frame, tls, server_name,
         }
         L as "netev_listener_options" {
             size, on_connection, on_error, on_terminate, user_data, bind_address, backlog,
@@ -444,6 +512,13 @@ fn rust_layout() -> Vec<(String, usize)> {
         "size netev_event_type".into(),
         size_of::<netev::event::netev_event_type>(),
     ));
+    use netev::tls::netev_tls_options as T;
+    v.extend(layout! {
+        T as "netev_tls_options" {
+            size, ca_file, ca_pem, cert_file, cert_pem, key_file, key_pem, alpn,
+            insecure_skip_verify, require_client_cert, tls13_only,
+        }
+    });
     v
 }
 

@@ -69,6 +69,11 @@ fn run_cpp(name: &str, limit: Duration) -> String {
     let exe = compile(name);
     let limit = limit * time_factor();
     let mut cmd = program_command(&exe, true);
+    // tls_test makes its certificates with it (the openssl command).
+    cmd.env(
+        "NETEV_TLS_CERTS_SCRIPT",
+        root().join("tests/c/tls_certs.sh"),
+    );
     let stdout = run_bounded(&mut cmd, limit).success(name, limit);
     assert!(
         stdout.ends_with("ok\n"),
@@ -88,4 +93,4 @@ macro_rules! cpp_tests {
     };
 }
 
-cpp_tests!(connection_test, listener_test, dispatcher_test);
+cpp_tests!(connection_test, listener_test, dispatcher_test, tls_test);

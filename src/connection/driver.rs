@@ -12,8 +12,9 @@ use crate::event::{EventType, Remote};
 use crate::io_loop::{Cx, Ready, Source};
 use crate::log::log;
 use crate::runtime;
-use crate::send_queue;
+use crate::send_queue::{self, SendQueue};
 use crate::sync::Guard;
+use crate::tls::Session;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -71,6 +72,8 @@ pub(super) struct Drive {
     /// earlier one still in the loop's heap is stale.
     armed: Option<Instant>,
     last_read: Option<Instant>,
+    /// TLS: rustls' session, once the socket is connected.
+    pub(super) tls: Option<Box<Session>>,
 }
 
 impl Drive {
@@ -238,7 +241,24 @@ impl Source for Connection {
                 }
             }
             Phase::Established => {
+                let handshake = st.drive.tls.as_ref().and_then(|t| t.handshake_deadline);
+                if handshake.is_some_and(|d| now >= d) {
+                    drop(st);
+                    let limit = self.cfg().connection_timeout;
+                    let e = Error::new(
+                        Status::NETEV_ERR_TIMEOUT,
+                        format!(
+                            "the TLS handshake did not complete within {:.3} s",
+                            limit.as_secs_f64()
+                        ),
+                    )
+                    .component("tls");
+                    return self.end(cx, End::Error(e));
+                }
                 let Some(limit) = self.cfg().idle_timeout else {
+                    if let Some(d) = handshake {
+                        self.arm(&mut st, cx, d);
+                    }
                     return;
                 };
                 let last = match (st.drive.last_read, st.last_write) {
@@ -253,7 +273,8 @@ impl Source for Connection {
                     );
                     self.end(cx, End::Error(e));
                 } else {
-                    self.arm(&mut st, cx, last + limit);
+                    let at = handshake.map_or(last + limit, |d| d.min(last + limit));
+                    self.arm(&mut st, cx, at);
                 }
             }
             Phase::Idle | Phase::Done => {}
@@ -313,18 +334,38 @@ impl Connection {
         {
             let _ = self.remote.set(Remote::new(peer));
         }
+        // TLS: the session starts now; CONNECTION waits for its handshake,
+        // which must complete within connection_timeout.
+        let now = Instant::now();
+        let tls = match &self.cfg().tls {
+            None => None,
+            Some(t) => match t.session(self.cfg().server_name.as_ref()) {
+                Ok(mut s) => {
+                    s.handshake_deadline = Some(now + self.cfg().connection_timeout);
+                    Some(Box::new(s))
+                }
+                Err(e) => return self.end(cx, End::Error(e)),
+            },
+        };
+        let handshake = tls.as_ref().and_then(|t| t.handshake_deadline);
         {
             let mut st = self.lock();
             st.drive.socket = Some(socket);
             st.drive.connected = true;
             st.drive.phase = Phase::Established;
+            st.drive.tls = tls;
             if self.cfg().idle_timeout.is_some() {
-                st.drive.last_read = Some(Instant::now());
+                st.drive.last_read = Some(now);
             }
         }
-        if let Some(limit) = self.cfg().idle_timeout {
+        let idle = self.cfg().idle_timeout.map(|limit| now + limit);
+        let first = match (handshake, idle) {
+            (Some(h), Some(i)) => Some(h.min(i)),
+            (h, i) => h.or(i),
+        };
+        if let Some(at) = first {
             let mut st = self.lock();
-            self.arm(&mut st, cx, Instant::now() + limit);
+            self.arm(&mut st, cx, at);
         }
         log!(
             "connection",
@@ -332,7 +373,9 @@ impl Connection {
             "connected {}",
             self.remote().endpoint()
         );
-        self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
+        if handshake.is_none() {
+            self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
+        }
         let st = self.lock();
         self.serve(cx, Ready::default(), st);
     }
@@ -417,19 +460,44 @@ impl Connection {
             return Ok(snap);
         };
         let before = st.queued();
-        while !st.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); send_queue::MAX_SLICES];
-            let n = st.out.slices(&mut slices);
-            match send_vectored(fd, &slices[..n]) {
-                Ok(n) => st.out.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&e, "write")),
+        let state: &mut State = &mut st;
+        let mut shut_ready = true;
+        match state.drive.tls.as_deref_mut() {
+            None => {
+                while !state.out.is_empty() {
+                    let mut slices = [IoSlice::new(&[]); send_queue::MAX_SLICES];
+                    let n = state.out.slices(&mut slices);
+                    match send_vectored(fd, &slices[..n]) {
+                        Ok(n) => state.out.consume(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io(&e, "write")),
+                    }
+                }
+            }
+            Some(t) => {
+                pump(t, &mut state.out, fd).map_err(|e| Error::io(&e, "write"))?;
+                if state.out.is_empty() && state.write_shut_requested && !state.write_shut_done {
+                    // close_notify goes after the queued bytes, and the
+                    // FIN after it; not before the handshake completed.
+                    shut_ready = t.established;
+                    if t.established {
+                        t.close_notify();
+                        t.write_out(&mut FdWriter(fd))
+                            .map_err(|e| Error::io(&e, "write"))?;
+                        shut_ready = !t.wants_write();
+                    }
+                }
             }
         }
         // Writability is watched only while bytes wait; a connected socket
         // stops watching at the first writable edge with nothing to write.
-        let blocked = !st.out.is_empty();
+        // With TLS, what waits is rustls' ciphertext (plaintext waits for
+        // room in it, or for the handshake).
+        let blocked = match st.drive.tls.as_deref() {
+            None => !st.out.is_empty(),
+            Some(t) => t.wants_write(),
+        };
         if blocked != st.drive.write_interest && (blocked || ready.writable) {
             cx.reregister(fd, st.drive.key, blocked)
                 .map_err(|e| Error::io(&e, "register the socket"))?;
@@ -446,7 +514,7 @@ impl Connection {
         if snap.drain {
             st.refused = false;
         }
-        if st.queued() == 0 && st.write_shut_requested && !st.write_shut_done {
+        if st.queued() == 0 && st.write_shut_requested && !st.write_shut_done && shut_ready {
             // With the peer's side ended too, the connection closes right
             // after this, and close() sends the same FIN: spare the call.
             if !st.drive.peer_ended {
@@ -472,6 +540,7 @@ impl Connection {
             .take()
             .unwrap_or_else(|| vec![0u8; READ_CHUNK].into_boxed_slice());
         let mut result = Read::More;
+        let tls = self.cfg().tls.is_some();
         for i in 0..READS_PER_TURN {
             if i > 0 && !self.receive_room() {
                 result = Read::Drained;
@@ -491,14 +560,24 @@ impl Connection {
             }
             let n = n as usize;
             if n == 0 {
-                result = Read::Ended;
+                result = match tls {
+                    false => Read::Ended,
+                    true => Read::Failed(self.tls_eof()),
+                };
                 break;
             }
-            log!("connection", self.id, "received {n} bytes");
             if self.cfg().idle_timeout.is_some() {
                 self.lock().drive.last_read = Some(Instant::now());
             }
-            self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
+            if tls {
+                if let Some(r) = self.tls_received(fd, &buf[..n]) {
+                    result = r;
+                    break;
+                }
+            } else {
+                log!("connection", self.id, "received {n} bytes");
+                self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
+            }
             // A short read emptied the socket: the next bytes (or the end)
             // come with a new edge, so no read() only to meet EAGAIN.
             if n < buf.len() && short_is_dry {
@@ -518,6 +597,65 @@ impl Connection {
         result
     }
 
+    /// TLS: hands `data`, read from the socket, to the session: delivers
+    /// CONNECTION when it completes the handshake, then the plaintext it
+    /// held, and answers at once what it asks to send (handshake flights,
+    /// alerts). None: go on reading.
+    fn tls_received(self: &Arc<Self>, fd: RawFd, data: &[u8]) -> Option<Read> {
+        let mut plain = PLAIN_BUF.take().unwrap_or_default();
+        plain.clear();
+        let (fed, written, pending) = {
+            let mut st = self.lock();
+            let t = st.drive.tls.as_deref_mut()?;
+            let fed = t.feed(data, &mut plain);
+            let written = t.write_out(&mut FdWriter(fd));
+            (fed, written, t.wants_write())
+        };
+        if fed.established {
+            if let Some(info) = self.tls_summary() {
+                log!("connection", self.id, "tls {info}");
+            }
+            self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
+        }
+        if !plain.is_empty() {
+            log!("connection", self.id, "received {} bytes", plain.len());
+            self.deliver(EventType::NETEV_EVENT_DATA, &plain, None, After::Nothing);
+        }
+        if plain.capacity() <= 2 * READ_CHUNK {
+            PLAIN_BUF.set(Some(plain));
+        }
+        if let Some(e) = fed.error {
+            return Some(Read::Failed(e));
+        }
+        if let Err(e) = written {
+            return Some(Read::Failed(Error::io(&e, "write")));
+        }
+        if fed.closed {
+            return Some(Read::Ended);
+        }
+        // Plaintext queued before the handshake goes out now, and
+        // ciphertext the socket did not take waits for writability: both
+        // in the next turn's flush.
+        (fed.established || pending).then_some(Read::More)
+    }
+
+    /// TLS: the peer's FIN arrived without close_notify.
+    fn tls_eof(&self) -> Error {
+        let established = self
+            .lock()
+            .drive
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.established);
+        let message = if established {
+            "truncated: the peer closed the connection without a TLS close_notify \
+             (the data may have been cut)"
+        } else {
+            "the peer closed the connection during the TLS handshake"
+        };
+        Error::new(Status::NETEV_ERR_TLS, message).component("tls")
+    }
+
     /// Leaves the loop (closing the socket under the lock, so no host write
     /// can reach the fd, or a reused one) and ends the connection.
     pub(super) fn end(self: Arc<Self>, cx: &mut Cx<'_>, end: End) {
@@ -528,6 +666,9 @@ impl Connection {
             }
             st.drive.phase = Phase::Done;
             st.drive.connected = false;
+            if let Some(t) = st.drive.tls.as_deref_mut() {
+                t.end();
+            }
             cx.remove(st.drive.key);
             st.drive.socket.take()
         };
@@ -577,6 +718,49 @@ struct Snapshot {
     shut_done: bool,
     close: bool,
     peer_ended: bool,
+}
+
+thread_local! {
+    /// Each I/O thread's buffer for the plaintext of one read.
+    static PLAIN_BUF: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+}
+
+/// TLS: writes rustls' pending ciphertext, and moves queued plaintext into
+/// it as room frees up, until the socket would block or all is out.
+/// Memory stays bounded: rustls takes plaintext only while its ciphertext
+/// buffer is under `tls::SEND_BUFFER`.
+pub(super) fn pump(t: &mut Session, out: &mut SendQueue, fd: RawFd) -> io::Result<()> {
+    loop {
+        t.write_out(&mut FdWriter(fd))?;
+        if t.wants_write() || out.is_empty() {
+            return Ok(());
+        }
+        let taken = {
+            let mut slices = [IoSlice::new(&[]); send_queue::MAX_SLICES];
+            let n = out.slices(&mut slices);
+            t.take_plaintext(&slices[..n])
+        };
+        if taken == 0 {
+            return Ok(());
+        }
+        out.consume(taken);
+    }
+}
+
+/// Writes to a socket without blocking and without SIGPIPE; EAGAIN is
+/// `WouldBlock`.
+pub(super) struct FdWriter(pub(super) RawFd);
+
+impl io::Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_vectored(self.0, &[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_vectored(self.0, bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes what the socket takes of `slices`, in order, without blocking

@@ -18,10 +18,11 @@ use crate::registry::{self, Registered, netev_connection, netev_dispatcher, nete
 use crate::runtime;
 use crate::send_queue::SendQueue;
 use crate::sync::{Guard, Mutex};
+use crate::tls::{TlsConfig, netev_tls_config};
 use deliver::Outbox;
 use driver::Drive;
 use std::cell::Cell;
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -77,12 +78,40 @@ pub struct netev_connection_options {
     pub keepalive: f64,
     /// Seconds without traffic before ERROR(NETEV_ERR_TIMEOUT); 0 = none.
     pub idle_timeout: f64,
-    /// Seconds for name lookup and connect together; 0 = 30.
+    /// Seconds for name lookup and connect together; 0 = 30. With TLS the
+    /// handshake has as long again, from the TCP connect (or accept) on:
+    /// past it, ERROR(NETEV_ERR_TIMEOUT, component "tls").
     pub connection_timeout: f64,
     /// Bytes queued but unsent before send refuses; 0 = 8 MiB.
     pub send_buffer_limit: usize,
     /// Dispatcher that runs the callbacks; 0 = netev's own I/O threads.
     pub dispatcher: netev_dispatcher,
+    /// Client: the local IP to bind before connecting; NULL = any. Not
+    /// supported yet: anything but NULL gives NETEV_ERR_INVALID_ARGUMENT.
+    pub bind_address: *const c_char,
+    /// Client: the local port; 0 = any. Not supported yet: must be 0.
+    pub bind_port: u16,
+    /// NETEV_FRAMING_NONE (0). Framing is not supported yet: must be 0.
+    pub framing: u8,
+    /// Length-prefix framing's prefix size. Not supported yet: must be 0.
+    pub length_prefix_bytes: u8,
+    /// Delimiter framing's delimiter. Not supported yet: must be NULL.
+    pub delimiter: *const u8,
+    /// The delimiter's length. Not supported yet: must be 0.
+    pub delimiter_len: usize,
+    /// The largest frame. Not supported yet: must be 0.
+    pub max_frame: usize,
+    /// TLS: a client configuration (netev_tls_client_config_create) for a
+    /// client connection, a server one for a listener's connections; 0 =
+    /// plain TCP. The connection holds its own reference: the host may
+    /// release the configuration right after open. With TLS, CONNECTION
+    /// fires once the handshake completed; DATA carries plaintext.
+    pub tls: netev_tls_config,
+    /// Client: the name sent in TLS SNI and verified against the server's
+    /// certificate; NULL = the address given to open (a name, or an IP
+    /// literal, verified against the certificate's IP addresses and sent
+    /// as no SNI). Copied at open. Listeners never read it.
+    pub server_name: *const c_char,
 }
 
 impl netev_connection_options {
@@ -113,6 +142,15 @@ impl netev_connection_options {
             && self.connection_timeout.to_bits() == o.connection_timeout.to_bits()
             && self.send_buffer_limit == o.send_buffer_limit
             && self.dispatcher == o.dispatcher
+            && self.bind_address == o.bind_address
+            && self.bind_port == o.bind_port
+            && self.framing == o.framing
+            && self.length_prefix_bytes == o.length_prefix_bytes
+            && self.delimiter == o.delimiter
+            && self.delimiter_len == o.delimiter_len
+            && self.max_frame == o.max_frame
+            && self.tls == o.tls
+            && self.server_name == o.server_name
     }
 }
 
@@ -136,6 +174,15 @@ impl Default for netev_connection_options {
             connection_timeout: 0.0,
             send_buffer_limit: 0,
             dispatcher: 0,
+            bind_address: std::ptr::null(),
+            bind_port: 0,
+            framing: 0,
+            length_prefix_bytes: 0,
+            delimiter: std::ptr::null(),
+            delimiter_len: 0,
+            max_frame: 0,
+            tls: 0,
+            server_name: std::ptr::null(),
         }
     }
 }
@@ -221,6 +268,10 @@ pub struct Config {
     pub connection_timeout: Duration,
     pub send_buffer_limit: usize,
     pub dispatcher: Option<Arc<Dispatcher>>,
+    /// TLS: the configuration, and for a client the name it sends (SNI)
+    /// and verifies, set at open.
+    pub tls: Option<Arc<TlsConfig>>,
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Config {
@@ -229,6 +280,16 @@ impl Config {
     /// a whole struct of this version, whose `size` must still be at least
     /// the first version's (a struct no init function set is refused).
     pub fn from_options(o: &netev_connection_options) -> Result<Config> {
+        Self::from_options_with(o, None)
+    }
+
+    /// As `from_options`; a `tls` naming `held` (a configuration the
+    /// caller already holds, as a listener holds its defaults') takes it
+    /// even when the host has released its handle since.
+    pub fn from_options_with(
+        o: &netev_connection_options,
+        held: Option<&Arc<TlsConfig>>,
+    ) -> Result<Config> {
         let first = <netev_connection_options as crate::abi::Versioned>::FIRST_SIZE;
         if (o.size as usize) < first {
             return Err(Error::invalid(format!(
@@ -237,9 +298,29 @@ impl Config {
                 o.size,
             )));
         }
+        for (field, unset) in [
+            ("bind_address", o.bind_address.is_null()),
+            ("bind_port", o.bind_port == 0),
+            ("framing", o.framing == 0),
+            ("length_prefix_bytes", o.length_prefix_bytes == 0),
+            ("delimiter", o.delimiter.is_null()),
+            ("delimiter_len", o.delimiter_len == 0),
+            ("max_frame", o.max_frame == 0),
+        ] {
+            if !unset {
+                return Err(Error::invalid(format!(
+                    "{field} is not supported by this netev yet: leave it 0 (NULL)"
+                )));
+            }
+        }
         let dispatcher = match o.dispatcher {
             0 => None,
             id => Some(Dispatcher::get(id)?),
+        };
+        let tls = match (o.tls, held) {
+            (0, _) => None,
+            (id, Some(t)) if t.id == id => Some(t.clone()),
+            (id, _) => Some(TlsConfig::get(id)?),
         };
         let mut callbacks = [None; 8];
         for (ty, cb) in [
@@ -269,7 +350,24 @@ impl Config {
                 n => n,
             },
             dispatcher,
+            tls,
+            server_name: None,
         })
+    }
+
+    /// Checks the TLS configuration fits the side: a client one for a
+    /// client connection, a server one for an accepted connection.
+    pub fn check_tls_side(&self, client: bool) -> Result<()> {
+        match &self.tls {
+            Some(t) if t.is_client() != client => Err(Error::invalid(format!(
+                "tls {} is a {} configuration; a {} connection needs a {} one",
+                t.id,
+                if t.is_client() { "client" } else { "server" },
+                if client { "client" } else { "listener's" },
+                if client { "client" } else { "server" },
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn callback(&self, ty: EventType) -> netev_connection_callback {
@@ -291,6 +389,8 @@ impl Default for Config {
             connection_timeout: Duration::from_secs(NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS),
             send_buffer_limit: NETEV_DEFAULT_SEND_BUFFER_LIMIT,
             dispatcher: None,
+            tls: None,
+            server_name: None,
         }
     }
 }
@@ -616,23 +716,40 @@ impl Connection {
             return Ok(());
         }
         let mut rest = data;
+        // Ciphertext rustls holds that the socket did not take: the loop
+        // must watch for writability.
+        let mut tls_pending = false;
         // Nothing queued: write now, on the caller's thread, as libuv does;
-        // only what the socket does not take wakes the task.
+        // only what the socket does not take wakes the task. With TLS the
+        // plaintext goes through rustls under the state lock (once the
+        // handshake completed), and what it makes is written at once too.
         if queued == 0
             && let Some(fd) = st.drive.writable_fd()
-            && let Some(n) = driver::send_now(fd, data)
         {
-            rest = &data[n..];
-            log!("connection", self.id, "sent {n} bytes");
-            if self.cfg().idle_timeout.is_some() {
-                st.last_write = Some(Instant::now());
+            let taken = match st.drive.tls.as_deref_mut() {
+                None => driver::send_now(fd, data),
+                Some(t) => {
+                    let n = t.take_plaintext(&[std::io::IoSlice::new(data)]);
+                    // A failed write is the loop's to meet (it ends the
+                    // connection); the bytes are rustls' now either way.
+                    let _ = t.write_out(&mut driver::FdWriter(fd));
+                    tls_pending = t.wants_write();
+                    (n > 0).then_some(n)
+                }
+            };
+            if let Some(n) = taken {
+                rest = &data[n..];
+                log!("connection", self.id, "sent {n} bytes");
+                if self.cfg().idle_timeout.is_some() {
+                    st.last_write = Some(Instant::now());
+                }
             }
         }
         if !rest.is_empty() {
             st.out.push(rest);
-            if queued == 0 {
-                self.kick(st);
-            }
+        }
+        if (!rest.is_empty() && queued == 0) || tls_pending {
+            self.kick(st);
         }
         Ok(())
     }
@@ -829,6 +946,44 @@ impl Connection {
     /// The remote end, once connected.
     pub fn remote(&self) -> Remote {
         self.remote.get().copied().unwrap_or(Remote::UNKNOWN)
+    }
+
+    /// Reads what the TLS handshake settled (None: plain TCP, or the
+    /// handshake has not completed).
+    fn tls_info<R>(&self, f: impl FnOnce(&crate::tls::Info) -> R) -> Option<R> {
+        let st = self.lock();
+        let t = st.drive.tls.as_deref()?;
+        t.established.then(|| f(&t.info))
+    }
+    /// "TLSv1.3" or "TLSv1.2"; "" for plain TCP or before the handshake.
+    pub fn tls_version(&self) -> String {
+        self.tls_info(|i| i.version.to_owned()).unwrap_or_default()
+    }
+    /// The ALPN protocol agreed on; "" when none.
+    pub fn alpn(&self) -> String {
+        self.tls_info(|i| i.alpn.as_deref().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+    /// Server side: the SNI name the client sent; "" when none.
+    pub fn tls_server_name(&self) -> String {
+        self.tls_info(|i| i.sni.as_deref().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+    /// The DER of the peer's leaf certificate; empty when none.
+    pub fn peer_certificate(&self) -> Vec<u8> {
+        self.tls_info(|i| i.peer_certificate.as_deref().unwrap_or(&[]).to_vec())
+            .unwrap_or_default()
+    }
+    /// The `tls` log line's words: version, cipher suite, ALPN.
+    fn tls_summary(&self) -> Option<String> {
+        self.tls_info(|i| {
+            format!(
+                "{} {} alpn {}",
+                i.version,
+                i.cipher,
+                i.alpn.as_deref().unwrap_or("none")
+            )
+        })
     }
 }
 

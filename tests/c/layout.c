@@ -43,6 +43,18 @@ int main(void) {
   OFF(netev_connection_options, connection_timeout);
   OFF(netev_connection_options, send_buffer_limit);
   OFF(netev_connection_options, dispatcher);
+#ifndef NETEV_TEST_RELEASED_HEADER
+  /* appended after 0.2.0 ("Connection additions", TLS) */
+  OFF(netev_connection_options, bind_address);
+  OFF(netev_connection_options, bind_port);
+  OFF(netev_connection_options, framing);
+  OFF(netev_connection_options, length_prefix_bytes);
+  OFF(netev_connection_options, delimiter);
+  OFF(netev_connection_options, delimiter_len);
+  OFF(netev_connection_options, max_frame);
+  OFF(netev_connection_options, tls);
+  OFF(netev_connection_options, server_name);
+#endif
   SIZE(netev_listener_options);
   OFF(netev_listener_options, size);
   OFF(netev_listener_options, on_connection);
@@ -64,6 +76,23 @@ int main(void) {
   OFF(netev_runtime_options, worker_threads);
   SIZE(netev_status);
   SIZE(netev_event_type);
+#ifndef NETEV_TEST_RELEASED_HEADER
+  SIZE(netev_tls_options);
+  OFF(netev_tls_options, size);
+  OFF(netev_tls_options, ca_file);
+  OFF(netev_tls_options, ca_pem);
+  OFF(netev_tls_options, cert_file);
+  OFF(netev_tls_options, cert_pem);
+  OFF(netev_tls_options, key_file);
+  OFF(netev_tls_options, key_pem);
+  OFF(netev_tls_options, alpn);
+  OFF(netev_tls_options, insecure_skip_verify);
+  OFF(netev_tls_options, require_client_cert);
+  OFF(netev_tls_options, tls13_only);
+  netev_tls_options to;
+  CHECK_OK(netev_tls_options_init(&to));
+  CHECK(to.size == sizeof to && to.ca_file == NULL && !to.tls13_only);
+#endif
   /* init sets size to the struct's sizeof (as this header declares it). */
   netev_connection_options o;
   CHECK_OK(netev_connection_options_init(&o));

@@ -92,6 +92,11 @@ pub fn program_command(exe: &Path, leak_check: bool) -> Command {
                 "--trace-children=no",
                 "--child-silent-after-fork=yes",
             ]);
+            // ring's AES-GCM tag, which memcheck cannot follow (see the file).
+            c.arg(format!(
+                "--suppressions={}",
+                root().join("tests/valgrind.supp").display()
+            ));
             if leak_check {
                 c.args([
                     "--leak-check=full",

@@ -86,6 +86,8 @@ __all__ = [
     "NetevIOError",
     "RuntimeShutdown",
     "InternalError",
+    "TlsError",
+    "TlsConfig",
     "Status",
     "shutdown_runtime",
     "init_runtime",
@@ -157,6 +159,7 @@ class Status:
     ERR_IO = 13
     ERR_SHUTDOWN = 14
     ERR_INTERNAL = 15
+    ERR_TLS = 16
 
 
 EVENT_CONNECTION = 1
@@ -172,6 +175,7 @@ c_enum = c_int
 netev_connection = c_uint64
 netev_listener = c_uint64
 netev_dispatcher = c_uint64
+netev_tls_config = c_uint64
 
 
 class netev_event(Structure):
@@ -211,6 +215,34 @@ class netev_connection_options(Structure):
         ("connection_timeout", c_double),
         ("send_buffer_limit", c_size_t),
         ("dispatcher", netev_dispatcher),
+        # appended after 0.2.0 ("Connection additions"); a library of
+        # 0.2.0 never reads them (this struct's size tells it so), one
+        # without TLS refuses them non-zero
+        ("bind_address", c_char_p),
+        ("bind_port", c_uint16),
+        ("framing", ctypes.c_uint8),
+        ("length_prefix_bytes", ctypes.c_uint8),
+        ("delimiter", c_void_p),
+        ("delimiter_len", c_size_t),
+        ("max_frame", c_size_t),
+        ("tls", netev_tls_config),
+        ("server_name", c_char_p),
+    ]
+
+
+class netev_tls_options(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("ca_file", c_char_p),
+        ("ca_pem", c_char_p),
+        ("cert_file", c_char_p),
+        ("cert_pem", c_char_p),
+        ("key_file", c_char_p),
+        ("key_pem", c_char_p),
+        ("alpn", c_char_p),
+        ("insecure_skip_verify", c_bool),
+        ("require_client_cert", c_bool),
+        ("tls13_only", c_bool),
     ]
 
 
@@ -299,6 +331,15 @@ _SIGNATURES = {
     "netev_log_open": (c_enum, [c_char_p]),
     "netev_log_close": (c_enum, []),
     "netev_log_set_callback": (c_enum, [netev_log_callback, c_void_p]),
+    "netev_connection_tls_version": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
+    "netev_connection_alpn": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
+    "netev_connection_server_name": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
+    "netev_connection_peer_certificate": (c_enum, [netev_connection, c_void_p, c_size_t, _P(c_size_t)]),
+    "netev_tls_options_init_sized": (c_enum, [_P(netev_tls_options), c_size_t]),
+    "netev_tls_options_init": (c_enum, [_P(netev_tls_options)]),
+    "netev_tls_client_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
+    "netev_tls_server_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
+    "netev_tls_config_release": (c_enum, [netev_tls_config]),
 }
 
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
@@ -395,6 +436,13 @@ class InternalError(NetevError):
     status = Status.ERR_INTERNAL
 
 
+class TlsError(NetevError):
+    """A TLS handshake, certificate or record failure, or a bad TLS
+    configuration (netev's message says which)."""
+
+    status = Status.ERR_TLS
+
+
 _EXCEPTIONS = {
     cls.status: cls
     for cls in (
@@ -413,6 +461,7 @@ _EXCEPTIONS = {
         NetevIOError,
         RuntimeShutdown,
         InternalError,
+        TlsError,
     )
 }
 
@@ -652,6 +701,8 @@ _OPTION_NAMES = (
     "connection_timeout",
     "send_buffer_limit",
     "dispatcher",
+    "tls",
+    "server_name",
 )
 
 
@@ -826,6 +877,12 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
         opts.dispatcher = _dispatcher_handle(d)
         if isinstance(d, Dispatcher):
             conn._dispatcher = d
+    if spec.get("tls") is not None:
+        t = spec["tls"]
+        opts.tls = t.handle if isinstance(t, TlsConfig) else int(t)
+    if spec.get("server_name") is not None:
+        # kept alive by the struct (ctypes holds the bytes) until the open
+        opts.server_name = _cstr(spec["server_name"], "server_name")
 
 
 def _sliced(call, timeout):
@@ -902,9 +959,14 @@ class Connection:
         connection_timeout: float = 0.0,
         send_buffer_limit: int = 0,
         dispatcher=None,
+        tls=None,
+        server_name: str | None = None,
     ) -> "Connection":
         """Opens a client connection (returns at once; connecting runs in
-        the background). ``on_shutdown`` receives "close", as in 4D."""
+        the background). ``on_shutdown`` receives "close", as in 4D.
+        ``tls``: a client :class:`TlsConfig` (CONNECTION then fires after
+        the handshake; DATA is plaintext); ``server_name``: the name sent
+        (SNI) and verified, default ``address``."""
         spec = dict(
             on_connection=on_connection,
             on_data=on_data,
@@ -920,6 +982,8 @@ class Connection:
             connection_timeout=connection_timeout,
             send_buffer_limit=send_buffer_limit,
             dispatcher=dispatcher,
+            tls=tls,
+            server_name=server_name,
         )
         addr = _cstr(address, "address")
         port = _port(port)
@@ -1031,6 +1095,41 @@ class Connection:
         _call(lib.netev_connection_buffered_amount, self._handle, byref(out))
         return out.value
 
+    def _string(self, fn) -> str:
+        needed = c_size_t()
+        buf = ctypes.create_string_buffer(256)
+        _call(fn, self._handle, buf, len(buf), byref(needed))
+        if needed.value >= len(buf):
+            buf = ctypes.create_string_buffer(needed.value + 1)
+            _call(fn, self._handle, buf, len(buf), byref(needed))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def tls_version(self) -> str:
+        """"TLSv1.3" or "TLSv1.2"; "" for plain TCP or before the handshake."""
+        return self._string(lib.netev_connection_tls_version)
+
+    @property
+    def alpn(self) -> str:
+        """The ALPN protocol agreed on; "" when none."""
+        return self._string(lib.netev_connection_alpn)
+
+    @property
+    def server_name(self) -> str:
+        """Server side: the SNI name the client sent; "" when none."""
+        return self._string(lib.netev_connection_server_name)
+
+    @property
+    def peer_certificate(self) -> bytes:
+        """The DER of the peer's leaf certificate; b"" when none."""
+        needed = c_size_t()
+        _call(lib.netev_connection_peer_certificate, self._handle, None, 0, byref(needed))
+        if needed.value == 0:
+            return b""
+        buf = ctypes.create_string_buffer(needed.value)
+        _call(lib.netev_connection_peer_certificate, self._handle, buf, len(buf), byref(needed))
+        return buf.raw[: min(needed.value, len(buf))]
+
     @property
     def listener_handle(self) -> int:
         """The accepting listener's handle; 0 for a client connection."""
@@ -1052,6 +1151,139 @@ class Connection:
         kind = "accepted" if self.listener is not None else "client"
         state = " terminated" if self._terminated else ""
         return f"<netev.Connection {kind} handle={self._handle}{state}>"
+
+
+# ---------------------------------------------------------------------------
+# TLS configurations
+# ---------------------------------------------------------------------------
+
+
+class TlsConfig:
+    """A TLS configuration (netev_tls_config): built once with
+    :meth:`client` or :meth:`server`, shared by any number of connections
+    (``tls=`` of :meth:`Connection.open`, or of a listener's
+    ``connection_options``). Connections keep it alive: :meth:`release`
+    (or a ``with`` block, or garbage collection) may come right after use.
+
+    Paths are ``*_file``; PEM text in memory is ``*_pem`` (str or bytes).
+    A client without ``ca_file``/``ca_pem`` trusts the system's store."""
+
+    def __init__(self, handle: int):
+        self._handle = handle
+
+    @classmethod
+    def _create(cls, fn, **kw) -> "TlsConfig":
+        opts = _new_options(netev_tls_options, lib.netev_tls_options_init_sized)
+        keep = []
+        for name in ("ca_file", "ca_pem", "cert_file", "cert_pem", "key_file", "key_pem"):
+            v = kw.get(name)
+            if v is None:
+                continue
+            if isinstance(v, (bytes, bytearray)):
+                b = bytes(v)
+                if b"\0" in b:
+                    raise _bad(f"{name} contains a NUL byte")
+            else:
+                b = _cstr(str(v), name)
+            keep.append(b)
+            setattr(opts, name, b)
+        alpn = kw.get("alpn")
+        if alpn is not None:
+            if not isinstance(alpn, str):
+                alpn = ",".join(alpn)
+            opts.alpn = _cstr(alpn, "alpn")
+        opts.insecure_skip_verify = bool(kw.get("insecure_skip_verify", False))
+        opts.require_client_cert = bool(kw.get("require_client_cert", False))
+        opts.tls13_only = bool(kw.get("tls13_only", False))
+        out = netev_tls_config()
+        _call(fn, byref(opts), byref(out))
+        return cls(out.value)
+
+    @classmethod
+    def client(
+        cls,
+        *,
+        ca_file=None,
+        ca_pem=None,
+        cert_file=None,
+        cert_pem=None,
+        key_file=None,
+        key_pem=None,
+        alpn=None,
+        insecure_skip_verify: bool = False,
+        tls13_only: bool = False,
+    ) -> "TlsConfig":
+        """A client configuration (raises TlsError for unreadable files,
+        bad PEM or a key not matching its certificate, InvalidArgument for
+        a missing piece). ``alpn``: "h2,http/1.1" or a list."""
+        return cls._create(
+            lib.netev_tls_client_config_create,
+            ca_file=ca_file,
+            ca_pem=ca_pem,
+            cert_file=cert_file,
+            cert_pem=cert_pem,
+            key_file=key_file,
+            key_pem=key_pem,
+            alpn=alpn,
+            insecure_skip_verify=insecure_skip_verify,
+            tls13_only=tls13_only,
+        )
+
+    @classmethod
+    def server(
+        cls,
+        *,
+        cert_file=None,
+        cert_pem=None,
+        key_file=None,
+        key_pem=None,
+        ca_file=None,
+        ca_pem=None,
+        alpn=None,
+        require_client_cert: bool = False,
+        tls13_only: bool = False,
+    ) -> "TlsConfig":
+        """A server configuration: a certificate chain and its key are
+        required; ``require_client_cert`` verifies clients against ``ca_*``."""
+        return cls._create(
+            lib.netev_tls_server_config_create,
+            cert_file=cert_file,
+            cert_pem=cert_pem,
+            key_file=key_file,
+            key_pem=key_pem,
+            ca_file=ca_file,
+            ca_pem=ca_pem,
+            alpn=alpn,
+            require_client_cert=require_client_cert,
+            tls13_only=tls13_only,
+        )
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    def release(self) -> None:
+        """Gives the handle back (connections using it keep it alive)."""
+        if self._handle:
+            h, self._handle = self._handle, 0
+            _call(lib.netev_tls_config_release, h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            if self._handle:
+                lib.netev_tls_config_release(self._handle)
+                self._handle = 0
+        except Exception:  # noqa: BLE001 - interpreter exit
+            pass
+
+    def __repr__(self) -> str:
+        return f"<netev.TlsConfig handle={self._handle}>"
 
 
 # ---------------------------------------------------------------------------
