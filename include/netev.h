@@ -536,7 +536,11 @@ typedef struct netev_tls_options {
    * against `ca_file`/`ca_pem` (required then); a client without one,
    * or with one those CAs did not sign, fails the handshake. Without
    * it, a server given CAs verifies a certificate a client offers but
-   * accepts clients without one.
+   * accepts clients without one. Under TLS 1.3 the client's side of the
+   * handshake completes before the server checks its certificate: a
+   * refused client gets CONNECTION, then ERROR NETEV_ERR_TLS ("client
+   * certificate missing" / "peer refused our certificate"), then
+   * TERMINATE; what it sent meanwhile is lost.
    */
   bool require_client_cert;
   /**
