@@ -369,20 +369,9 @@ static inline int child_stop(child *c, int sig) {
   return status;
 }
 
-/* A port that was free a moment ago (bind to 0, read it, close). */
-static inline uint16_t free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  CHECK(fd >= 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-  socklen_t len = sizeof a;
-  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+/* A port that was free a moment ago: common_a.h's refused_port (bound to
+ * 0, read, closed), for a server that is told which port to take. */
+static inline uint16_t free_port(void) { return refused_port(); }
 
 /* Whether some socket listens on `port` (from /proc/net/tcp and tcp6),
  * without connecting to it (a probe would use up a one-shot server). */
