@@ -51,6 +51,21 @@
 #define NETEV_IP_TEXT_LEN 46
 
 /**
+ * NETEV_FRAMING_NONE: DATA carries bytes as they arrive.
+ */
+#define NETEV_FRAMING_NONE 0
+
+/**
+ * NETEV_FRAMING_DELIMITER: each DATA is one frame, without its delimiter.
+ */
+#define NETEV_FRAMING_DELIMITER 1
+
+/**
+ * NETEV_FRAMING_LENGTH_PREFIX: each DATA is one frame's payload.
+ */
+#define NETEV_FRAMING_LENGTH_PREFIX 2
+
+/**
  * Result of every netev call that can fail. The numbers are fixed forever,
  * so bindings can use them without this header; a number is never reused.
  */
@@ -111,6 +126,11 @@ typedef enum netev_status {
    * configuration; the message says which (component "tls").
    */
   NETEV_ERR_TLS = 16,
+  /**
+   * The peer broke the connection's framing: a frame over `max_frame`,
+   * or the stream ended inside a length-prefixed frame.
+   */
+  NETEV_ERR_PROTOCOL = 17,
 } netev_status;
 
 /**
@@ -296,32 +316,44 @@ typedef struct netev_connection_options {
    */
   netev_dispatcher dispatcher;
   /**
-   * Client: the local IP to bind before connecting; NULL = any. Not
-   * supported yet: anything but NULL gives NETEV_ERR_INVALID_ARGUMENT.
+   * Client: the local IP (IPv4 or IPv6 text) to bind before
+   * connecting; NULL = any. Only addresses of its family are tried.
+   * Copied at open; accepted connections ignore it.
    */
   const char *bind_address;
   /**
-   * Client: the local port; 0 = any. Not supported yet: must be 0.
+   * Client: the local port to bind before connecting; 0 = any (picked
+   * at connect time, so one bind_address serves more connections than
+   * it has free ports). Accepted connections ignore it.
    */
   uint16_t bind_port;
   /**
-   * NETEV_FRAMING_NONE (0). Framing is not supported yet: must be 0.
+   * NETEV_FRAMING_NONE (0): DATA carries bytes as they arrive.
+   * NETEV_FRAMING_DELIMITER (1): each DATA is one frame without its
+   * delimiter (frames may be empty); at END a trailing partial frame
+   * comes as a last DATA. NETEV_FRAMING_LENGTH_PREFIX (2): each DATA is
+   * one frame's payload; END inside a frame is ERROR
+   * NETEV_ERR_PROTOCOL. A frame over `max_frame` is ERROR
+   * NETEV_ERR_PROTOCOL (nothing of it is delivered), then TERMINATE.
    */
   uint8_t framing;
   /**
-   * Length-prefix framing's prefix size. Not supported yet: must be 0.
+   * Length-prefix framing: the prefix's size, 1, 2, 4 or 8 bytes,
+   * big-endian, counting the payload only; 0 = 4.
    */
   uint8_t length_prefix_bytes;
   /**
-   * Delimiter framing's delimiter. Not supported yet: must be NULL.
+   * Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
+   * copied at open. NULL with other framing.
    */
   const uint8_t *delimiter;
   /**
-   * The delimiter's length. Not supported yet: must be 0.
+   * The delimiter's length in bytes.
    */
   size_t delimiter_len;
   /**
-   * The largest frame. Not supported yet: must be 0.
+   * With framing, the largest frame accepted, in bytes; 0 = 1 MiB.
+   * netev never holds more than this (plus a delimiter) of a frame.
    */
   size_t max_frame;
   /**
@@ -340,6 +372,12 @@ typedef struct netev_connection_options {
    */
   const char *server_name;
 } netev_connection_options;
+
+/**
+ * Frees a buffer given to netev_connection_send_owned; receives the
+ * `free_arg` given there.
+ */
+typedef void (*netev_free_fn)(void *free_arg);
 
 /**
  * A listener handle. 0 is never valid.
@@ -367,6 +405,40 @@ typedef struct netev_error_info {
    */
   char component[32];
 } netev_error_info;
+
+/**
+ * A connection's counters, as `netev_connection_stats_get` reports them.
+ * The struct can grow like the options structs: `size` says how much of
+ * it was filled.
+ */
+typedef struct netev_connection_stats {
+  /**
+   * Bytes of this struct netev filled (its size in this library, or the
+   * caller's `size` if smaller).
+   */
+  uint32_t size;
+  /**
+   * Bytes written to the socket (plain TCP), or plaintext handed to TLS.
+   */
+  uint64_t bytes_sent;
+  /**
+   * Bytes read from the socket (plain TCP), or plaintext out of TLS.
+   */
+  uint64_t bytes_received;
+  /**
+   * DATA callbacks run.
+   */
+  uint64_t data_events;
+  /**
+   * As netev_connection_buffered_amount.
+   */
+  size_t buffered_amount;
+  /**
+   * The kernel's smoothed round-trip time in microseconds (TCP_INFO);
+   * 0 when unknown (not connected yet, or ended).
+   */
+  uint32_t rtt_us;
+} netev_connection_stats;
 
 /**
  * Decides on one incoming connection. `event` (type CONNECTION) carries the
@@ -634,10 +706,12 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
  * not a live TLS configuration), NETEV_ERR_INVALID_ARGUMENT also for a
  * server TLS configuration, or a `server_name` (or, without one, an
  * address) that is no DNS name or IP address while `tls` is set, and for
- * the appended fields this library does not support yet (bind_address,
- * bind_port, framing, length_prefix_bytes, delimiter, delimiter_len,
- * max_frame: leave them 0),
- * NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
+ * bad framing fields (framing not 0-2, length_prefix_bytes not 0, 1, 2,
+ * 4 or 8, a delimiter not 1 to 16 bytes, or one given with other
+ * framing), or a `bind_address` that is no IP address;
+ * NETEV_ERR_NULL_ARGUMENT also for a NULL `delimiter` with a non-zero
+ * `delimiter_len`; NETEV_ERR_SHUTDOWN (forked child). When it fails no
+ * callback ever fires.
  */
 enum netev_status netev_connection_open(const char *address,
                                         uint16_t port,
@@ -678,6 +752,76 @@ enum netev_status netev_connection_send(netev_connection conn, const void *data,
  * NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_shutdown(netev_connection conn);
+
+/**
+ * Stops reading: no DATA or END arrives until netev_connection_resume.
+ * netev reads nothing more, so the peer's bytes back up in the kernel's
+ * buffers and then block the peer's sends (receive-side flow control). A
+ * DATA callback already running finishes; with framing, frames already
+ * read wait for the resume (at most one read's worth). A dispatcher-bound
+ * connection's DATA and END already queued wait too; a DRAIN still
+ * comes, and so do CLOSE or ERROR and TERMINATE if the connection ends
+ * meanwhile (after the DATA that waited). idle_timeout does not count
+ * time spent paused. Idempotent; from any thread and any callback; the
+ * log says "paused".
+ * Returns NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_pause(netev_connection conn);
+
+/**
+ * Reads again after netev_connection_pause: what the pause held back is
+ * delivered first, in order (DATA, then END). Idempotent; from any thread
+ * and any callback; the log says "resumed".
+ * Returns NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_resume(netev_connection conn);
+
+/**
+ * Whether the connection is paused.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_paused(netev_connection conn, bool *out);
+
+/**
+ * Queues `len` bytes at `data` for sending without copying them, after
+ * every byte queued before it, as netev_connection_send does (same
+ * limit, same order, same statuses). netev takes ownership of the bytes:
+ * they must stay valid and unchanged until `free_fn(free_arg)` runs,
+ * exactly once, when they were written or dropped (close, an error,
+ * runtime shutdown). It runs on any thread: a netev I/O thread, the
+ * dispatcher's, or the calling thread, possibly before this call returns
+ * (when the socket took everything at once, or `len` is 0). Sends under
+ * 4 KiB are copied (and freed at once): a zero-copy entry would cost more
+ * than the bytes. `free_fn` may be NULL for bytes that outlive the
+ * connection (static data).
+ *
+ * When it returns an error netev did not take the bytes and never calls
+ * `free_fn`: the caller still owns them.
+ * Returns NETEV_ERR_CLOSED, NETEV_ERR_BUFFER_FULL,
+ * NETEV_ERR_NULL_ARGUMENT (`data` NULL with `len` > 0),
+ * NETEV_ERR_INVALID_ARGUMENT (`len` above PTRDIFF_MAX),
+ * NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_send_owned(netev_connection conn,
+                                              const void *data,
+                                              size_t len,
+                                              netev_free_fn free_fn,
+                                              void *free_arg);
+
+/**
+ * Sends `len` bytes at `data` (copied) as one frame of the connection's
+ * framing: after a big-endian length prefix, or followed by the
+ * delimiter, in one send (all of it is queued, or none). Limits, order
+ * and statuses are netev_connection_send's.
+ * Returns NETEV_ERR_INVALID_ARGUMENT without framing
+ * (NETEV_FRAMING_NONE), for a payload that contains the delimiter (the
+ * peer would read more than one frame), or one too long for the length
+ * prefix (256 bytes or more with a 1-byte prefix, 65 536 with 2, 2^32
+ * with 4); NETEV_ERR_CLOSED, NETEV_ERR_BUFFER_FULL,
+ * NETEV_ERR_NULL_ARGUMENT (`data` NULL with `len` > 0),
+ * NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_send_frame(netev_connection conn, const void *data, size_t len);
 
 /**
  * Waits until the connection has ended (its TERMINATE callback returned)
@@ -843,6 +987,40 @@ enum netev_status netev_connection_peer_certificate(netev_connection conn,
                                                     uint8_t *buf,
                                                     size_t capacity,
                                                     size_t *needed);
+
+/**
+ * Copies the connection's own IP address (getsockname), as
+ * netev_connection_address does: "" before the TCP connect completed and
+ * after the connection ended; an IPv4 address is never shown as
+ * `::ffff:`. Read it in the CONNECTION callback to keep it.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_local_address(netev_connection conn,
+                                                 char *buf,
+                                                 size_t capacity,
+                                                 size_t *needed);
+
+/**
+ * The connection's own port; 0 before the TCP connect completed and
+ * after the connection ended.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_connection_local_port(netev_connection conn, uint16_t *out);
+
+/**
+ * Fills the first `size` bytes at `out` with the connection's counters
+ * and sets `out->size` to how many it filled: this library's
+ * sizeof(netev_connection_stats), or `size` if smaller. `size` is
+ * sizeof(netev_connection_stats) as the caller's header declares it,
+ * which the netev_connection_stats_get macro passes. Counters keep their
+ * values after the connection ended, until its handle is released.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below 4 or above
+ * NETEV_OPTIONS_SIZE_MAX); nothing is written when it fails.
+ */
+enum netev_status netev_connection_stats_get_sized(netev_connection conn,
+                                                   struct netev_connection_stats *out,
+                                                   size_t size);
 
 /**
  * Fills the `size` bytes at `options` with the defaults — callbacks,
@@ -1197,5 +1375,10 @@ enum netev_status netev_tls_config_release(netev_tls_config config);
   netev_runtime_options_init_sized((options), sizeof(netev_runtime_options))
 #define netev_tls_options_init(options) \
   netev_tls_options_init_sized((options), sizeof(netev_tls_options))
+
+/* Fills `out` with the connection's counters, as much of the struct as
+ * this header declares (see netev_connection_stats_get_sized). */
+#define netev_connection_stats_get(conn, out) \
+  netev_connection_stats_get_sized((conn), (out), sizeof(netev_connection_stats))
 
 #endif /* NETEV_H */

@@ -75,6 +75,23 @@ fn check_size<T: Versioned>(size: usize, what: &str, suffix: &str) -> Result<()>
     Ok(())
 }
 
+/// Writes a struct that can grow to a host: the first `size` bytes of
+/// `bytes` (its C layout), with its leading `u32 size` set to how many
+/// were written.
+///
+/// # Safety
+///
+/// `out` is non-NULL with `size` writable bytes, and `size` >= 4.
+pub unsafe fn write_sized(out: *mut u8, size: usize, bytes: &[u8]) {
+    let n = size.min(bytes.len());
+    // SAFETY: the caller's contract; n <= size, n >= 4 (bytes is a
+    // whole struct that starts with its u32 size) and bytes.len() >= n.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, n);
+        out.cast::<u32>().write_unaligned(n as u32);
+    }
+}
+
 /// `netev_*_options_init_sized`: fills the host's `size` bytes at `p` with
 /// the defaults (all zero bytes: Versioned's contract, and the header's
 /// rule for every field of every version) and sets its `size`. Writes

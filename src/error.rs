@@ -44,12 +44,15 @@ pub enum netev_status {
     /// A TLS handshake, certificate or record failure, or a bad TLS
     /// configuration; the message says which (component "tls").
     NETEV_ERR_TLS = 16,
+    /// The peer broke the connection's framing: a frame over `max_frame`,
+    /// or the stream ended inside a length-prefixed frame.
+    NETEV_ERR_PROTOCOL = 17,
 }
 
 pub use netev_status as Status;
 use netev_status::*;
 
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 18] = [
     "NETEV_OK\0",
     "NETEV_ERR_NULL_ARGUMENT\0",
     "NETEV_ERR_INVALID_ARGUMENT\0",
@@ -67,6 +70,7 @@ const NAMES: [&str; 17] = [
     "NETEV_ERR_SHUTDOWN\0",
     "NETEV_ERR_INTERNAL\0",
     "NETEV_ERR_TLS\0",
+    "NETEV_ERR_PROTOCOL\0",
 ];
 const UNKNOWN_STATUS: &str = "NETEV_UNKNOWN_STATUS\0";
 
@@ -259,7 +263,8 @@ mod tests {
         assert_eq!(Status::name_of(0), "NETEV_OK\0");
         assert_eq!(Status::name_of(15), "NETEV_ERR_INTERNAL\0");
         assert_eq!(Status::name_of(16), "NETEV_ERR_TLS\0");
-        assert_eq!(Status::name_of(17), "NETEV_UNKNOWN_STATUS\0");
+        assert_eq!(Status::name_of(17), "NETEV_ERR_PROTOCOL\0");
+        assert_eq!(Status::name_of(18), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(Status::name_of(-1), "NETEV_UNKNOWN_STATUS\0");
         assert_eq!(NETEV_ERR_TIMEOUT.name(), "NETEV_ERR_TIMEOUT");
     }

@@ -2,7 +2,9 @@
 //! the safe core, inside one panic boundary.
 
 use crate::abi;
-use crate::connection::{Config, Connection, netev_connection_options, seconds};
+use crate::connection::{
+    Bind, Config, Connection, netev_connection_options, netev_connection_stats, seconds,
+};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result, Status, netev_error_info, netev_status};
 use crate::event::EventType;
@@ -10,6 +12,7 @@ use crate::listener::{Listener, ListenerConfig, netev_listener_options};
 use crate::log;
 use crate::registry::{netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime::{self, netev_runtime_options};
+use crate::send_queue::{Owned, netev_free_fn};
 use crate::tls::{TlsConfig, TlsInput, netev_tls_config, netev_tls_options};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -221,10 +224,12 @@ pub extern "C" fn netev_connection_options_init(
 /// not a live TLS configuration), NETEV_ERR_INVALID_ARGUMENT also for a
 /// server TLS configuration, or a `server_name` (or, without one, an
 /// address) that is no DNS name or IP address while `tls` is set, and for
-/// the appended fields this library does not support yet (bind_address,
-/// bind_port, framing, length_prefix_bytes, delimiter, delimiter_len,
-/// max_frame: leave them 0),
-/// NETEV_ERR_SHUTDOWN (forked child). When it fails no callback ever fires.
+/// bad framing fields (framing not 0-2, length_prefix_bytes not 0, 1, 2,
+/// 4 or 8, a delimiter not 1 to 16 bytes, or one given with other
+/// framing), or a `bind_address` that is no IP address;
+/// NETEV_ERR_NULL_ARGUMENT also for a NULL `delimiter` with a non-zero
+/// `delimiter_len`; NETEV_ERR_SHUTDOWN (forked child). When it fails no
+/// callback ever fires.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_open(
     address: *const c_char,
@@ -244,6 +249,21 @@ pub extern "C" fn netev_connection_open(
                 false => text(options.server_name, "server_name")?,
             };
             cfg.server_name = Some(crate::tls::server_name(name)?);
+        }
+        if !options.bind_address.is_null() || options.bind_port != 0 {
+            let ip = match options.bind_address.is_null() {
+                true => None,
+                false => {
+                    let t = text(options.bind_address, "bind_address")?;
+                    Some(t.parse::<std::net::IpAddr>().map_err(|_| {
+                        Error::invalid(format!("bind_address {t:?} is not an IPv4 or IPv6 address"))
+                    })?)
+                }
+            };
+            cfg.bind = Some(Bind {
+                ip,
+                port: options.bind_port,
+            });
         }
         // Written before the connection can have an event (`out` was checked).
         Connection::open(address, port, cfg, |id| {
@@ -303,6 +323,120 @@ pub extern "C" fn netev_connection_send(
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_shutdown(conn: netev_connection) -> netev_status {
     boundary(|| Connection::get(conn)?.shutdown())
+}
+
+/// Stops reading: no DATA or END arrives until netev_connection_resume.
+/// netev reads nothing more, so the peer's bytes back up in the kernel's
+/// buffers and then block the peer's sends (receive-side flow control). A
+/// DATA callback already running finishes; with framing, frames already
+/// read wait for the resume (at most one read's worth). A dispatcher-bound
+/// connection's DATA and END already queued wait too; a DRAIN still
+/// comes, and so do CLOSE or ERROR and TERMINATE if the connection ends
+/// meanwhile (after the DATA that waited). idle_timeout does not count
+/// time spent paused. Idempotent; from any thread and any callback; the
+/// log says "paused".
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_pause(conn: netev_connection) -> netev_status {
+    boundary(|| {
+        Connection::get(conn)?.pause();
+        Ok(())
+    })
+}
+
+/// Reads again after netev_connection_pause: what the pause held back is
+/// delivered first, in order (DATA, then END). Idempotent; from any thread
+/// and any callback; the log says "resumed".
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_resume(conn: netev_connection) -> netev_status {
+    boundary(|| {
+        Connection::get(conn)?.resume();
+        Ok(())
+    })
+}
+
+/// Whether the connection is paused.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_paused(conn: netev_connection, out: *mut bool) -> netev_status {
+    property(conn, out, |c| c.paused())
+}
+
+/// Queues `len` bytes at `data` for sending without copying them, after
+/// every byte queued before it, as netev_connection_send does (same
+/// limit, same order, same statuses). netev takes ownership of the bytes:
+/// they must stay valid and unchanged until `free_fn(free_arg)` runs,
+/// exactly once, when they were written or dropped (close, an error,
+/// runtime shutdown). It runs on any thread: a netev I/O thread, the
+/// dispatcher's, or the calling thread, possibly before this call returns
+/// (when the socket took everything at once, or `len` is 0). Sends under
+/// 4 KiB are copied (and freed at once): a zero-copy entry would cost more
+/// than the bytes. `free_fn` may be NULL for bytes that outlive the
+/// connection (static data).
+///
+/// When it returns an error netev did not take the bytes and never calls
+/// `free_fn`: the caller still owns them.
+/// Returns NETEV_ERR_CLOSED, NETEV_ERR_BUFFER_FULL,
+/// NETEV_ERR_NULL_ARGUMENT (`data` NULL with `len` > 0),
+/// NETEV_ERR_INVALID_ARGUMENT (`len` above PTRDIFF_MAX),
+/// NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+// `free_arg` is never dereferenced, only handed back to `free_fn`.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn netev_connection_send_owned(
+    conn: netev_connection,
+    data: *const c_void,
+    len: usize,
+    free_fn: netev_free_fn,
+    free_arg: *mut c_void,
+) -> netev_status {
+    boundary(|| {
+        let c = Connection::get(conn)?;
+        if len > 0 {
+            need(data, "data")?;
+            check_size(len, "len").map_err(|e| c.refuse_call(e))?;
+        }
+        let data = match len {
+            0 => std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const(),
+            _ => data.cast::<u8>(),
+        };
+        // SAFETY: `data` is non-NULL (dangling only for 0 bytes) and the
+        // header makes the host promise `len` bytes there until free_fn.
+        let owned = unsafe { Owned::new(data, len, free_fn, free_arg) };
+        c.send_owned(owned)
+    })
+}
+
+/// Sends `len` bytes at `data` (copied) as one frame of the connection's
+/// framing: after a big-endian length prefix, or followed by the
+/// delimiter, in one send (all of it is queued, or none). Limits, order
+/// and statuses are netev_connection_send's.
+/// Returns NETEV_ERR_INVALID_ARGUMENT without framing
+/// (NETEV_FRAMING_NONE), for a payload that contains the delimiter (the
+/// peer would read more than one frame), or one too long for the length
+/// prefix (256 bytes or more with a 1-byte prefix, 65 536 with 2, 2^32
+/// with 4); NETEV_ERR_CLOSED, NETEV_ERR_BUFFER_FULL,
+/// NETEV_ERR_NULL_ARGUMENT (`data` NULL with `len` > 0),
+/// NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_send_frame(
+    conn: netev_connection,
+    data: *const c_void,
+    len: usize,
+) -> netev_status {
+    boundary(|| {
+        let c = Connection::get(conn)?;
+        if len == 0 {
+            return c.send_frame(&[]);
+        }
+        need(data, "data")?;
+        check_size(len, "len").map_err(|e| c.refuse_call(e))?;
+        // SAFETY: non-NULL was checked; the host promises `len` readable
+        // bytes at `data` for the duration of the call.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };
+        c.send_frame(bytes)
+    })
 }
 
 /// Waits until the connection has ended (its TERMINATE callback returned)
@@ -570,6 +704,65 @@ pub extern "C" fn netev_connection_peer_certificate(
         let der = c.peer_certificate();
         copy_bytes_out(&der, buf, capacity)?;
         put(needed, "needed", der.len())
+    })
+}
+
+/// Copies the connection's own IP address (getsockname), as
+/// netev_connection_address does: "" before the TCP connect completed and
+/// after the connection ended; an IPv4 address is never shown as
+/// `::ffff:`. Read it in the CONNECTION callback to keep it.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_local_address(
+    conn: netev_connection,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> netev_status {
+    string_property(conn, buf, capacity, needed, |c| {
+        c.local().map(|l| l.ip_string()).unwrap_or_default()
+    })
+}
+
+/// The connection's own port; 0 before the TCP connect completed and
+/// after the connection ended.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_local_port(
+    conn: netev_connection,
+    out: *mut u16,
+) -> netev_status {
+    property(conn, out, |c| c.local().map_or(0, |l| l.port))
+}
+
+/// Fills the first `size` bytes at `out` with the connection's counters
+/// and sets `out->size` to how many it filled: this library's
+/// sizeof(netev_connection_stats), or `size` if smaller. `size` is
+/// sizeof(netev_connection_stats) as the caller's header declares it,
+/// which the netev_connection_stats_get macro passes. Counters keep their
+/// values after the connection ended, until its handle is released.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below 4 or above
+/// NETEV_OPTIONS_SIZE_MAX); nothing is written when it fails.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_connection_stats_get_sized(
+    conn: netev_connection,
+    out: *mut netev_connection_stats,
+    size: usize,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        if !(4..=crate::abi::NETEV_OPTIONS_SIZE_MAX as usize).contains(&size) {
+            return Err(Error::invalid(format!(
+                "size is {size}: pass sizeof(netev_connection_stats) (use the \
+                 netev_connection_stats_get macro)"
+            )));
+        }
+        let stats = Connection::get(conn)?.stats();
+        // SAFETY: `out` is non-NULL, `size` is at least 4, and the header
+        // asks the host for `size` writable bytes there.
+        unsafe { abi::write_sized(out.cast(), size, &stats.to_bytes()) };
+        Ok(())
     })
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod ffi;
 pub mod fork;
+pub mod framing;
 pub mod io_loop;
 pub mod listener;
 pub mod log;

@@ -186,8 +186,18 @@ impl ListenerConfig {
         // Listeners never read it (a client's field): no pointer into the
         // host's memory is kept past this call.
         defaults.server_name = std::ptr::null();
+        defaults.bind_address = std::ptr::null();
+        defaults.bind_port = 0;
         let shared_defaults = Config::from_options(&defaults)?;
         shared_defaults.check_tls_side(false)?;
+        // The accept callback sees these defaults: their delimiter points
+        // at netev's copy, which lives as long as the listener, never at
+        // the host's bytes, which need not outlive the open call.
+        defaults.delimiter = shared_defaults
+            .framing
+            .as_ref()
+            .and_then(|f| f.delimiter())
+            .map_or(std::ptr::null(), <[u8]>::as_ptr);
         let shared_defaults = Arc::new(shared_defaults);
         Ok(ListenerConfig {
             on_connection: o.on_connection,

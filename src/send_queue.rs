@@ -4,10 +4,93 @@
 //! soon as the socket took them, so the memory held follows the bytes
 //! queued now (plus at most two chunks of slack) whatever the pattern,
 //! also when the queue never empties because the host refills it on each
-//! DRAIN. Each byte is copied once, on the way in.
+//! DRAIN. Each byte is copied once, on the way in, except the bytes of
+//! `send_owned`, which stay in the host's buffer until written (`Owned`).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+
+/// Frees a buffer given to netev_connection_send_owned; receives the
+/// `free_arg` given there.
+#[allow(non_camel_case_types)]
+pub type netev_free_fn = Option<unsafe extern "C" fn(free_arg: *mut std::ffi::c_void)>;
+
+/// Bytes a host lent with `send_owned`: `free_fn(free_arg)` runs exactly
+/// once when this is dropped (written, or dropped on close), once the
+/// thread holds no netev lock.
+pub struct Owned {
+    ptr: *const u8,
+    len: usize,
+    free_fn: netev_free_fn,
+    free_arg: *mut std::ffi::c_void,
+}
+
+// SAFETY: the host promised the bytes stay valid and unchanged until
+// free_fn runs, on any thread (the header says so); netev only reads them.
+unsafe impl Send for Owned {}
+
+impl Owned {
+    /// # Safety
+    ///
+    /// `ptr` points at `len` bytes that stay readable and unchanged until
+    /// `free_fn(free_arg)` runs (or, when `free_fn` is None, for as long as
+    /// the queue holding them lives).
+    pub unsafe fn new(
+        ptr: *const u8,
+        len: usize,
+        free_fn: netev_free_fn,
+        free_arg: *mut std::ffi::c_void,
+    ) -> Owned {
+        Owned {
+            ptr,
+            len,
+            free_fn,
+            free_arg,
+        }
+    }
+
+    /// Gives the bytes back without calling free_fn: netev did not take
+    /// them (the call that offered them failed).
+    pub fn disarm(mut self) {
+        self.free_fn = None;
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `new`'s contract: `len` readable bytes until dropped.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let Some(free) = self.free_fn else {
+            return;
+        };
+        let arg = crate::sync::HostPtr(self.free_arg);
+        crate::sync::when_unlocked(move || {
+            let arg = arg;
+            crate::sync::call_host(|| {
+                // SAFETY: the host's function for its own buffer, called
+                // once: this Owned is dropped once.
+                unsafe { free(arg.0) }
+            });
+        });
+    }
+}
+
+enum Chunk {
+    Copied(Vec<u8>),
+    Owned(Owned),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Copied(v) => v,
+            Chunk::Owned(o) => o.bytes(),
+        }
+    }
+}
 
 /// Largest chunk; what one send of more is cut into.
 const CHUNK: usize = 64 << 10;
@@ -18,7 +101,7 @@ pub(crate) const MAX_SLICES: usize = 16;
 
 #[derive(Default)]
 pub struct SendQueue {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// Bytes of the first chunk already written.
     head_written: usize,
     len: usize,
@@ -37,7 +120,7 @@ impl SendQueue {
     /// Appends a copy of `data`.
     pub fn push(&mut self, mut data: &[u8]) {
         self.len += data.len();
-        if let Some(tail) = self.chunks.back_mut() {
+        if let Some(Chunk::Copied(tail)) = self.chunks.back_mut() {
             let n = (tail.capacity() - tail.len()).min(data.len());
             tail.extend_from_slice(&data[..n]);
             data = &data[n..];
@@ -48,8 +131,20 @@ impl SendQueue {
             let n = chunk.capacity().min(data.len());
             chunk.extend_from_slice(&data[..n]);
             data = &data[n..];
-            self.chunks.push_back(chunk);
+            self.chunks.push_back(Chunk::Copied(chunk));
         }
+    }
+
+    /// Appends the host's bytes without copying them. Small ones are
+    /// copied (and their buffer freed at once): a chunk per few bytes
+    /// would cost more than the bytes, and memory must follow the limit.
+    pub fn push_owned(&mut self, owned: Owned) {
+        if owned.len < MIN_CHUNK {
+            self.push(owned.bytes());
+            return;
+        }
+        self.len += owned.len;
+        self.chunks.push_back(Chunk::Owned(owned));
     }
 
     /// The oldest unwritten bytes, in order, as slices for a vectored write.
@@ -57,7 +152,7 @@ impl SendQueue {
         let mut n = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_SLICES).enumerate() {
             let from = if i == 0 { self.head_written } else { 0 };
-            out[n] = IoSlice::new(&chunk[from..]);
+            out[n] = IoSlice::new(&chunk.bytes()[from..]);
             n += 1;
         }
         n
@@ -76,7 +171,7 @@ impl SendQueue {
             let Some(head) = self.chunks.front() else {
                 break;
             };
-            let left = head.len() - self.head_written;
+            let left = head.bytes().len() - self.head_written;
             if n < left {
                 self.head_written += n;
                 break;
@@ -95,7 +190,13 @@ impl SendQueue {
     /// Bytes of memory the queue holds, for tests.
     #[cfg(test)]
     fn capacity(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum::<usize>()
+        self.chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Copied(v) => v.capacity(),
+                Chunk::Owned(_) => 0,
+            })
+            .sum::<usize>()
     }
 }
 

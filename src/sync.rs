@@ -33,6 +33,15 @@ thread_local! {
     static ANY_WAKES: Cell<bool> = const { Cell::new(false) };
 }
 
+/// A pointer the host handed over; netev only passes it back.
+#[derive(Clone, Copy)]
+pub(crate) struct HostPtr(pub(crate) *mut std::ffi::c_void);
+// SAFETY: netev never dereferences it; the host chose to receive it on
+// whichever thread the documentation says callbacks run.
+unsafe impl Send for HostPtr {}
+// SAFETY: as above; it is only copied.
+unsafe impl Sync for HostPtr {}
+
 /// A wake-up of another thread (a dispatcher's host) that a loop thread
 /// batches: one per turn, not one per event.
 pub trait Wake: Send + Sync {

@@ -36,6 +36,20 @@ enum Pending {
     Event(EventType, Option<Error>, After),
 }
 
+impl Pending {
+    /// DATA or END: what a pause holds back.
+    fn received(&self) -> bool {
+        matches!(
+            self,
+            Pending::Data(_) | Pending::Event(EventType::NETEV_EVENT_END, ..)
+        )
+    }
+
+    fn is_drain(&self) -> bool {
+        matches!(self, Pending::Event(EventType::NETEV_EVENT_DRAIN, ..))
+    }
+}
+
 impl Connection {
     /// Turns an ERROR still waiting in the outbox into CLOSE (see `close_now`).
     pub(super) fn error_becomes_close(&self) {
@@ -71,7 +85,10 @@ impl Connection {
             EventType::NETEV_EVENT_DATA => {
                 out.undelivered += data.len();
                 match out.events.back_mut() {
-                    Some(Pending::Data(waiting)) if waiting.len() + data.len() <= DATA_CHUNK => {
+                    // Frames stay apart: one DATA each.
+                    Some(Pending::Data(waiting))
+                        if cfg.framing.is_none() && waiting.len() + data.len() <= DATA_CHUNK =>
+                    {
                         if waiting.capacity() < waiting.len() + data.len() {
                             let want = (2 * waiting.capacity())
                                 .clamp(waiting.len() + data.len(), DATA_CHUNK);
@@ -80,7 +97,7 @@ impl Connection {
                         waiting.extend_from_slice(data);
                     }
                     // A full read says more follow: a pooled buffer.
-                    _ if data.len() >= DATA_CHUNK / 2 => {
+                    _ if (DATA_CHUNK / 2..=DATA_CHUNK).contains(&data.len()) => {
                         let mut buf = d.buffer();
                         buf.extend_from_slice(data);
                         out.events.push_back(Pending::Data(buf));
@@ -102,6 +119,23 @@ impl Connection {
         drop(out);
         if post {
             d.post(Job::Mailbox(self.clone()));
+        }
+    }
+
+    /// After a resume: hands the events a pause held back to the
+    /// dispatcher again.
+    pub(super) fn redeliver(&self) {
+        let Some(d) = &self.cfg().dispatcher else {
+            return;
+        };
+        let post = {
+            let mut out = self.outbox.lock();
+            let post = !out.scheduled && !out.events.is_empty();
+            out.scheduled |= post;
+            post
+        };
+        if post && let Some(me) = self.me.upgrade() {
+            d.post(Job::Mailbox(me));
         }
     }
 
@@ -128,6 +162,9 @@ impl Connection {
         let cfg = self.cfg();
         let cb = cfg.callback(ty);
         if let Some(cb) = cb {
+            if ty == EventType::NETEV_EVENT_DATA {
+                super::stats::Counters::add(&self.counters.data_events, 1);
+            }
             let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);
             let message;
             if let Some(e) = error {
@@ -225,7 +262,18 @@ impl Mailbox for Connection {
     fn deliver_next(&self) -> Delivery {
         let next = {
             let mut out = self.outbox.lock();
-            match out.events.pop_front() {
+            let at = match self.paused() {
+                false => Some(0),
+                // DATA and END wait; a DRAIN goes past them (a host that
+                // paused until another connection drains must still hear
+                // this one's); the end of the connection does not wait.
+                true => match out.events.iter().position(|p| !p.received()) {
+                    Some(i) if out.events[i].is_drain() => Some(i),
+                    Some(_) => Some(0),
+                    None => None,
+                },
+            };
+            match at.and_then(|i| out.events.remove(i)) {
                 Some(p) => p,
                 None => {
                     out.scheduled = false;

@@ -6,9 +6,10 @@
 //! ask for a turn with one request; the socket is read without the lock
 //! (only this thread closes it) and written under it, as host threads do.
 
-use super::{After, Connection, End, READ_BUF, State};
+use super::{After, Bind, Connection, End, READ_BUF, State};
 use crate::error::{Error, Result, Status};
 use crate::event::{EventType, Remote};
+use crate::framing::Deframer;
 use crate::io_loop::{Cx, Ready, Source};
 use crate::log::log;
 use crate::runtime;
@@ -47,10 +48,109 @@ pub(super) enum Phase {
 pub(super) struct Connect {
     /// The name lookup's result, waiting for the loop.
     resolved: Option<io::Result<Vec<SocketAddr>>>,
+    /// The addresses in the order they are tried (see `race_order`).
     addrs: Vec<SocketAddr>,
     next: usize,
     last_error: Option<Error>,
     deadline: Option<Instant>,
+    /// Connects under way, raced as RFC 8305 describes: the first to
+    /// connect wins, the others are closed.
+    racing: Vec<(mio::net::TcpStream, SocketAddr)>,
+    /// When the next address gets its attempt if none has connected by
+    /// then (RFC 8305's Connection Attempt Delay).
+    next_at: Option<Instant>,
+}
+
+/// RFC 8305's Connection Attempt Delay: how long an attempt has before
+/// the next address is tried beside it.
+const ATTEMPT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The order addresses are tried in (RFC 8305 section 4): IPv6 first,
+/// then the families alternate, each in the resolver's order; duplicates
+/// and addresses of another family than a bound local address dropped.
+fn race_order(addrs: Vec<SocketAddr>, bind: Option<Bind>) -> Vec<SocketAddr> {
+    let family = bind.and_then(|b| b.ip).map(|ip| ip.is_ipv4());
+    let mut v6 = Vec::new();
+    let mut v4 = Vec::new();
+    for a in addrs {
+        if family.is_some_and(|v4_only| v4_only != a.is_ipv4())
+            || v6.contains(&a)
+            || v4.contains(&a)
+        {
+            continue;
+        }
+        if a.is_ipv4() { v4.push(a) } else { v6.push(a) }
+    }
+    let mut out = Vec::with_capacity(v6.len() + v4.len());
+    let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return out,
+            (x, y) => out.extend(x.into_iter().chain(y)),
+        }
+    }
+}
+
+/// A non-blocking connect to `addr` from `bind`'s address and port.
+fn start_connect(addr: SocketAddr, bind: Option<Bind>) -> Result<mio::net::TcpStream> {
+    let what = || format!("connect to {addr}");
+    let Some(b) = bind else {
+        return mio::net::TcpStream::connect(addr).map_err(|e| Error::io(&e, &what()));
+    };
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| Error::io(&e, &what()))?;
+    let ip = b.ip.unwrap_or(match addr {
+        SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
+        SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
+    });
+    let local = SocketAddr::new(ip, b.port);
+    if b.port == 0 && addr.is_ipv4() {
+        // The port is picked at connect time, per destination: a bound
+        // address serves more connections than it has ports. Best effort
+        // (Linux 4.2 and later).
+        let one: libc::c_int = 1;
+        // SAFETY: `s` is an open socket; `one` is a live c_int.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    s.bind(&SockAddr::from(local))
+        .map_err(|e| Error::io(&e, &format!("bind to {local} before connecting to {addr}")))?;
+    match s.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(Error::io(&e, &what())),
+    }
+    Ok(mio::net::TcpStream::from_std(s.into()))
+}
+
+/// Where a connect attempt stands.
+enum Attempt {
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+fn attempt_status(s: &mio::net::TcpStream) -> Attempt {
+    match s.take_error() {
+        Ok(Some(e)) | Err(e) => Attempt::Failed(e),
+        Ok(None) => match s.peer_addr() {
+            Ok(_) => Attempt::Connected,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Attempt::Pending,
+            Err(e) => Attempt::Failed(e),
+        },
+    }
 }
 
 /// The loop's part of the state.
@@ -74,6 +174,11 @@ pub(super) struct Drive {
     last_read: Option<Instant>,
     /// TLS: rustls' session, once the socket is connected.
     pub(super) tls: Option<Box<Session>>,
+    /// With framing: the frame being gathered, and bytes a pause held
+    /// back. Out of the state while a turn uses it.
+    framer: Option<Box<Deframer>>,
+    /// The peer's end arrived while the host had paused: END waits.
+    end_held: bool,
 }
 
 impl Drive {
@@ -106,7 +211,7 @@ impl Source for Connection {
         });
         self.arm(&mut st, cx, deadline);
         if let Ok(ip) = self.address().parse::<IpAddr>() {
-            connect.addrs.push(SocketAddr::new(ip, self.port()));
+            connect.addrs = race_order(vec![SocketAddr::new(ip, self.port())], self.cfg().bind);
             st.drive.phase = Phase::Connecting(connect);
             drop(st);
             return self.connect_next(cx);
@@ -144,7 +249,7 @@ impl Source for Connection {
                 };
                 match found {
                     Ok(addrs) => {
-                        connect.addrs = addrs;
+                        connect.addrs = race_order(addrs, self.cfg().bind);
                         let Phase::Resolving(connect) = std::mem::take(&mut st.drive.phase) else {
                             return;
                         };
@@ -163,45 +268,39 @@ impl Source for Connection {
                     }
                 }
             }
-            Phase::Connecting(_) => {
+            Phase::Connecting(c) => {
                 if !(ready.writable || ready.error) {
                     return;
                 }
-                let Some(socket) = st.drive.socket.as_ref() else {
-                    return;
-                };
-                let failed = match socket.take_error() {
-                    Ok(Some(e)) | Err(e) => Some(e),
-                    Ok(None) => match socket.peer_addr() {
-                        Ok(_) => None,
-                        // Not connected yet: a spurious wake-up.
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                        Err(e) => Some(e),
-                    },
-                };
-                match failed {
-                    None => {
-                        let socket = st.drive.socket.take();
-                        drop(st);
-                        if let Some(socket) = socket {
-                            self.established(cx, socket);
+                let mut failed = false;
+                let mut won = None;
+                let mut i = 0;
+                while i < c.racing.len() {
+                    match attempt_status(&c.racing[i].0) {
+                        Attempt::Pending => i += 1,
+                        Attempt::Connected => {
+                            won = Some(c.racing.swap_remove(i).0);
+                            break;
                         }
-                    }
-                    Some(e) => {
-                        let addr = socket.peer_addr().ok();
-                        let what = match addr {
-                            Some(a) => format!("connect to {a}"),
-                            None => "connect".to_owned(),
-                        };
-                        if let Phase::Connecting(c) = &mut st.drive.phase {
-                            c.last_error = Some(Error::io(&e, &what));
-                        }
-                        if let Some(s) = st.drive.socket.take() {
+                        Attempt::Failed(e) => {
+                            let (s, addr) = c.racing.swap_remove(i);
+                            c.last_error = Some(Error::io(&e, &format!("connect to {addr}")));
                             cx.deregister(s.as_raw_fd());
+                            failed = true;
                         }
-                        drop(st);
-                        self.connect_next(cx);
                     }
+                }
+                if let Some(socket) = won {
+                    for (loser, _) in c.racing.drain(..) {
+                        cx.deregister(loser.as_raw_fd());
+                    }
+                    drop(st);
+                    return self.established(cx, socket);
+                }
+                drop(st);
+                if failed {
+                    // RFC 8305: a failed attempt starts the next one at once.
+                    self.connect_next(cx);
                 }
             }
             Phase::Established => self.serve(cx, ready, st),
@@ -224,6 +323,14 @@ impl Source for Connection {
             return;
         }
         match &st.drive.phase {
+            Phase::Connecting(c)
+                if c.next_at.is_some_and(|at| now >= at) && c.deadline.is_none_or(|d| now < d) =>
+            {
+                // No attempt connected within the delay: the next address
+                // races the ones under way.
+                drop(st);
+                self.connect_next(cx);
+            }
             Phase::Resolving(c) | Phase::Connecting(c) => {
                 if c.deadline.is_some_and(|d| now >= d) {
                     drop(st);
@@ -262,6 +369,8 @@ impl Source for Connection {
                     return;
                 };
                 let last = match (st.drive.last_read, st.last_write) {
+                    // The host holds the peer back: not idle.
+                    _ if self.paused() => now,
                     (Some(r), Some(w)) => r.max(w),
                     (r, w) => r.or(w).unwrap_or(now),
                 };
@@ -283,7 +392,8 @@ impl Source for Connection {
 }
 
 impl Connection {
-    /// Starts a connect to the next address, or fails with the last error.
+    /// Starts a connect to the next address (racing those under way), or,
+    /// with no address left and none under way, fails with the last error.
     fn connect_next(self: Arc<Self>, cx: &mut Cx<'_>) {
         loop {
             let mut st = self.lock();
@@ -291,28 +401,58 @@ impl Connection {
             let Phase::Connecting(c) = &mut st.drive.phase else {
                 return;
             };
+            c.next_at = None;
             let Some(addr) = c.addrs.get(c.next).copied() else {
-                let e = c.last_error.take().unwrap_or_else(|| {
-                    Error::new(
-                        Status::NETEV_ERR_HOST_NOT_FOUND,
-                        format!("{} has no address", self.address()),
-                    )
-                    .component("dns")
-                });
+                if !c.racing.is_empty() {
+                    // The ones under way decide; the deadline bounds them.
+                    let at = c.deadline;
+                    if let Some(at) = at {
+                        self.arm(&mut st, cx, at);
+                    }
+                    return;
+                }
+                let e = c
+                    .last_error
+                    .take()
+                    .unwrap_or_else(|| match self.cfg().bind {
+                        Some(Bind { ip: Some(ip), .. }) => Error::new(
+                            Status::NETEV_ERR_HOST_NOT_FOUND,
+                            format!(
+                                "{} has no {} address to connect to from bind_address {ip}",
+                                self.address(),
+                                if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                            ),
+                        )
+                        .component("dns"),
+                        _ => Error::new(
+                            Status::NETEV_ERR_HOST_NOT_FOUND,
+                            format!("{} has no address", self.address()),
+                        )
+                        .component("dns"),
+                    });
                 drop(st);
                 return self.end(cx, End::Error(e));
             };
             c.next += 1;
-            let failed = match mio::net::TcpStream::connect(addr) {
+            let failed = match start_connect(addr, self.cfg().bind) {
                 Ok(s) => match cx.register(s.as_raw_fd(), key, true) {
                     Ok(()) => {
-                        st.drive.socket = Some(s);
+                        c.racing.push((s, addr));
+                        let mut wake = None;
+                        if c.next < c.addrs.len() {
+                            let at = Instant::now() + ATTEMPT_DELAY;
+                            c.next_at = Some(at);
+                            wake = Some(c.deadline.map_or(at, |d| d.min(at)));
+                        }
                         st.drive.write_interest = true;
+                        if let Some(at) = wake {
+                            self.arm(&mut st, cx, at);
+                        }
                         return;
                     }
                     Err(e) => Error::io(&e, "register the socket"),
                 },
-                Err(e) => Error::io(&e, &format!("connect to {addr}")),
+                Err(e) => e,
             };
             c.last_error = Some(failed);
         }
@@ -413,32 +553,115 @@ impl Connection {
         if snap.close || (snap.peer_ended && snap.shut_done) {
             return self.clone().end(cx, End::Close);
         }
-        if snap.peer_ended || !self.receive_room() {
+        if snap.peer_ended || snap.paused || !self.receive_room() {
             return;
         }
-        // A short read means the socket ran dry only when an edge will say
-        // otherwise: after a poll that did not report the peer's end.
-        let short_is_dry = ready.polled && !ready.read_closed && !ready.error;
-        match self.read_some(snap.fd, short_is_dry) {
-            Read::Drained => {}
-            Read::More => cx.again(self.clone()),
+        let mut framer = snap.framer;
+        // What a pause held back goes first: frames read but not delivered,
+        // then the peer's end.
+        let held = match framer.as_deref_mut() {
+            Some(f) if !f.held.is_empty() => Some(std::mem::take(&mut f.held)),
+            _ => None,
+        };
+        let held = held.and_then(|bytes| self.receive(&mut framer, &bytes));
+        let result = match (held, snap.end_held) {
+            (Some(r), _) => r,
+            (None, true) => Read::Ended,
+            (None, false) => {
+                // A short read means the socket ran dry only when an edge
+                // will say otherwise: after a poll that did not report the
+                // peer's end.
+                let short_is_dry = ready.polled && !ready.read_closed && !ready.error;
+                self.read_some(snap.fd, short_is_dry, &mut framer)
+            }
+        };
+        match result {
+            Read::Drained => self.keep(framer),
+            Read::More => {
+                self.keep(framer);
+                cx.again(self.clone());
+            }
             Read::Failed(e) => self.clone().end(cx, End::Error(e)),
-            Read::Ended => {
-                log!("connection", self.id, "end: the peer finished sending");
-                {
-                    let mut st = self.lock();
-                    st.drive.peer_ended = true;
-                    if !self.cfg().allow_half_open {
-                        st.closed = true;
-                    }
-                }
-                self.deliver(EventType::NETEV_EVENT_END, &[], None, After::AutoShutdown);
-                // What END's callback (or the automatic shutdown) queued,
-                // and the end itself, are for the next turn.
-                let st = self.lock();
-                self.kick(st);
+            Read::Ended => self.peer_ended(cx, framer),
+        }
+    }
+
+    /// Puts the framer back for the next turn.
+    fn keep(&self, framer: Option<Box<Deframer>>) {
+        if framer.is_some() {
+            self.lock().drive.framer = framer;
+        }
+    }
+
+    /// The peer finished sending: the trailing partial frame, then END
+    /// (held back while paused), then our own end unless half-open.
+    fn peer_ended(self: &Arc<Self>, cx: &mut Cx<'_>, mut framer: Option<Box<Deframer>>) {
+        if !self.paused()
+            && let (Some(f), Some(framing)) = (framer.as_deref_mut(), &self.cfg().framing)
+        {
+            // Bytes a pause held back come before this; there are none
+            // unless paused.
+            match f.finish(framing) {
+                Ok(None) => {}
+                Ok(Some(last)) => self.deliver_data(&last),
+                Err(e) => return self.clone().end(cx, End::Error(e)),
             }
         }
+        if self.paused() {
+            let mut st = self.lock();
+            st.drive.end_held = true;
+            st.drive.framer = framer;
+            return;
+        }
+        log!("connection", self.id, "end: the peer finished sending");
+        {
+            let mut st = self.lock();
+            st.drive.end_held = false;
+            st.drive.peer_ended = true;
+            if !self.cfg().allow_half_open {
+                st.closed = true;
+            }
+        }
+        self.deliver(EventType::NETEV_EVENT_END, &[], None, After::AutoShutdown);
+        // What END's callback (or the automatic shutdown) queued, and the
+        // end itself, are for the next turn.
+        let st = self.lock();
+        self.kick(st);
+    }
+
+    /// Delivers received bytes: as they are, or cut into frames. Some when
+    /// reading must stop: the framing broke, or the host paused or closed
+    /// between two frames of `data` (the rest is held for `resume`).
+    fn receive(self: &Arc<Self>, framer: &mut Option<Box<Deframer>>, data: &[u8]) -> Option<Read> {
+        let Some(framing) = &self.cfg().framing else {
+            self.deliver_data(data);
+            return None;
+        };
+        let f = framer.get_or_insert_with(Box::default);
+        let mut input = data;
+        loop {
+            match f.next(framing, &mut input) {
+                Err(e) => return Some(Read::Failed(e)),
+                Ok(None) => return None,
+                Ok(Some(frame)) => {
+                    self.deliver_data(frame.bytes());
+                    if input.is_empty() {
+                        // The caller checks for a pause or a close after
+                        // each read.
+                        return None;
+                    }
+                    if self.paused() || self.lock().close_requested {
+                        f.held.extend_from_slice(input);
+                        return Some(Read::Drained);
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_data(self: &Arc<Self>, data: &[u8]) {
+        log!("connection", self.id, "received {} bytes", data.len());
+        self.deliver(EventType::NETEV_EVENT_DATA, data, None, After::Nothing);
     }
 
     /// Writes what the socket takes, shuts the write side when asked and
@@ -448,6 +671,9 @@ impl Connection {
         let mut snap = Snapshot {
             fd,
             peer_ended: st.drive.peer_ended,
+            paused: self.paused(),
+            end_held: st.drive.end_held,
+            framer: st.drive.framer.take(),
             ..Snapshot::default()
         };
         if st.close_requested {
@@ -505,6 +731,7 @@ impl Connection {
         }
         let written = before - st.queued();
         if written > 0 {
+            super::stats::Counters::add(&self.counters.sent, written);
             log!("connection", self.id, "sent {written} bytes");
             if self.cfg().idle_timeout.is_some() {
                 st.last_write = Some(Instant::now());
@@ -532,7 +759,12 @@ impl Connection {
     }
 
     /// Reads what is ready (a few full chunks at most), delivering DATA.
-    fn read_some(self: &Arc<Self>, fd: Option<RawFd>, short_is_dry: bool) -> Read {
+    fn read_some(
+        self: &Arc<Self>,
+        fd: Option<RawFd>,
+        short_is_dry: bool,
+        framer: &mut Option<Box<Deframer>>,
+    ) -> Read {
         let Some(fd) = fd else {
             return Read::Drained;
         };
@@ -569,14 +801,15 @@ impl Connection {
             if self.cfg().idle_timeout.is_some() {
                 self.lock().drive.last_read = Some(Instant::now());
             }
-            if tls {
-                if let Some(r) = self.tls_received(fd, &buf[..n]) {
-                    result = r;
-                    break;
-                }
+            let stop = if tls {
+                self.tls_received(fd, &buf[..n], framer)
             } else {
-                log!("connection", self.id, "received {n} bytes");
-                self.deliver(EventType::NETEV_EVENT_DATA, &buf[..n], None, After::Nothing);
+                super::stats::Counters::add(&self.counters.received, n);
+                self.receive(framer, &buf[..n])
+            };
+            if let Some(r) = stop {
+                result = r;
+                break;
             }
             // A short read emptied the socket: the next bytes (or the end)
             // come with a new edge, so no read() only to meet EAGAIN.
@@ -584,7 +817,7 @@ impl Connection {
                 result = Read::Drained;
                 break;
             }
-            if self.lock().close_requested {
+            if self.paused() || self.lock().close_requested {
                 result = Read::Drained;
                 break;
             }
@@ -601,7 +834,12 @@ impl Connection {
     /// CONNECTION when it completes the handshake, then the plaintext it
     /// held, and answers at once what it asks to send (handshake flights,
     /// alerts). None: go on reading.
-    fn tls_received(self: &Arc<Self>, fd: RawFd, data: &[u8]) -> Option<Read> {
+    fn tls_received(
+        self: &Arc<Self>,
+        fd: RawFd,
+        data: &[u8],
+        framer: &mut Option<Box<Deframer>>,
+    ) -> Option<Read> {
         let mut plain = PLAIN_BUF.take().unwrap_or_default();
         plain.clear();
         let (fed, written, pending) = {
@@ -617,12 +855,16 @@ impl Connection {
             }
             self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
         }
+        let mut stop = None;
         if !plain.is_empty() {
-            log!("connection", self.id, "received {} bytes", plain.len());
-            self.deliver(EventType::NETEV_EVENT_DATA, &plain, None, After::Nothing);
+            super::stats::Counters::add(&self.counters.received, plain.len());
+            stop = self.receive(framer, &plain);
         }
         if plain.capacity() <= 2 * READ_CHUNK {
             PLAIN_BUF.set(Some(plain));
+        }
+        if let Some(Read::Failed(e)) = stop {
+            return Some(Read::Failed(e));
         }
         if let Some(e) = fed.error {
             return Some(Read::Failed(e));
@@ -631,7 +873,11 @@ impl Connection {
             return Some(Read::Failed(Error::io(&e, "write")));
         }
         if fed.closed {
+            // After the frames a pause held back, which go first.
             return Some(Read::Ended);
+        }
+        if stop.is_some() {
+            return stop;
         }
         // Plaintext queued before the handshake goes out now, and
         // ciphertext the socket did not take waits for writability: both
@@ -718,6 +964,9 @@ struct Snapshot {
     shut_done: bool,
     close: bool,
     peer_ended: bool,
+    paused: bool,
+    end_held: bool,
+    framer: Option<Box<Deframer>>,
 }
 
 thread_local! {
@@ -778,19 +1027,10 @@ fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// Writes what the socket takes now, without blocking; None when it takes
-/// nothing (full, or failing: the loop then meets the error itself).
-pub(super) fn send_now(fd: RawFd, data: &[u8]) -> Option<usize> {
-    // SAFETY: the caller holds the state lock, under which the loop closes
-    // the socket, so `fd` is this connection's open socket; `data` is a
-    // live slice. MSG_NOSIGNAL keeps a reset peer from raising SIGPIPE.
-    let n = unsafe {
-        libc::send(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(n).ok().filter(|n| *n > 0)
+/// Writes what the socket takes of `slices` now, without blocking; 0 when
+/// it takes nothing (full, or failing: the loop then meets the error
+/// itself). The caller holds the state lock, under which the loop closes
+/// the socket, so `fd` is this connection's open socket.
+pub(super) fn send_now(fd: RawFd, slices: &[IoSlice<'_>]) -> usize {
+    send_vectored(fd, slices).unwrap_or(0)
 }

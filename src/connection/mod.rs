@@ -8,21 +8,26 @@
 
 mod deliver;
 mod driver;
+mod stats;
+
+pub use stats::netev_connection_stats;
 
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorList, Result, Status, netev_error_info};
 use crate::event::{EventType, Remote, netev_event};
+use crate::framing::Framing;
 use crate::io_loop::LoopHandle;
 use crate::log::log;
 use crate::registry::{self, Registered, netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime;
-use crate::send_queue::SendQueue;
+use crate::send_queue::{Owned, SendQueue};
 use crate::sync::{Guard, Mutex};
 use crate::tls::{TlsConfig, netev_tls_config};
 use deliver::Outbox;
 use driver::Drive;
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -86,20 +91,32 @@ pub struct netev_connection_options {
     pub send_buffer_limit: usize,
     /// Dispatcher that runs the callbacks; 0 = netev's own I/O threads.
     pub dispatcher: netev_dispatcher,
-    /// Client: the local IP to bind before connecting; NULL = any. Not
-    /// supported yet: anything but NULL gives NETEV_ERR_INVALID_ARGUMENT.
+    /// Client: the local IP (IPv4 or IPv6 text) to bind before
+    /// connecting; NULL = any. Only addresses of its family are tried.
+    /// Copied at open; accepted connections ignore it.
     pub bind_address: *const c_char,
-    /// Client: the local port; 0 = any. Not supported yet: must be 0.
+    /// Client: the local port to bind before connecting; 0 = any (picked
+    /// at connect time, so one bind_address serves more connections than
+    /// it has free ports). Accepted connections ignore it.
     pub bind_port: u16,
-    /// NETEV_FRAMING_NONE (0). Framing is not supported yet: must be 0.
+    /// NETEV_FRAMING_NONE (0): DATA carries bytes as they arrive.
+    /// NETEV_FRAMING_DELIMITER (1): each DATA is one frame without its
+    /// delimiter (frames may be empty); at END a trailing partial frame
+    /// comes as a last DATA. NETEV_FRAMING_LENGTH_PREFIX (2): each DATA is
+    /// one frame's payload; END inside a frame is ERROR
+    /// NETEV_ERR_PROTOCOL. A frame over `max_frame` is ERROR
+    /// NETEV_ERR_PROTOCOL (nothing of it is delivered), then TERMINATE.
     pub framing: u8,
-    /// Length-prefix framing's prefix size. Not supported yet: must be 0.
+    /// Length-prefix framing: the prefix's size, 1, 2, 4 or 8 bytes,
+    /// big-endian, counting the payload only; 0 = 4.
     pub length_prefix_bytes: u8,
-    /// Delimiter framing's delimiter. Not supported yet: must be NULL.
+    /// Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
+    /// copied at open. NULL with other framing.
     pub delimiter: *const u8,
-    /// The delimiter's length. Not supported yet: must be 0.
+    /// The delimiter's length in bytes.
     pub delimiter_len: usize,
-    /// The largest frame. Not supported yet: must be 0.
+    /// With framing, the largest frame accepted, in bytes; 0 = 1 MiB.
+    /// netev never holds more than this (plus a delimiter) of a frame.
     pub max_frame: usize,
     /// TLS: a client configuration (netev_tls_client_config_create) for a
     /// client connection, a server one for a listener's connections; 0 =
@@ -246,14 +263,7 @@ fn keepalive(value: f64) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_secs(whole.max(1))))
 }
 
-/// A pointer the host handed over; netev only passes it back.
-#[derive(Clone, Copy)]
-pub(crate) struct HostPtr(pub(crate) *mut c_void);
-// SAFETY: netev never dereferences it; the host chose to receive it on
-// whichever thread the documentation says callbacks run.
-unsafe impl Send for HostPtr {}
-// SAFETY: as above; it is only copied.
-unsafe impl Sync for HostPtr {}
+pub(crate) use crate::sync::HostPtr;
 
 /// Validated connection settings.
 #[derive(Clone)]
@@ -272,6 +282,18 @@ pub struct Config {
     /// and verifies, set at open.
     pub tls: Option<Arc<TlsConfig>>,
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    pub framing: Option<Framing>,
+    /// Client: the local address to bind before connecting (set at open).
+    pub bind: Option<Bind>,
+}
+
+/// A client's local end, bound before connecting.
+#[derive(Clone, Copy, Debug)]
+pub struct Bind {
+    /// None: any address of the destination's family.
+    pub ip: Option<std::net::IpAddr>,
+    /// 0: any port.
+    pub port: u16,
 }
 
 impl Config {
@@ -298,21 +320,21 @@ impl Config {
                 o.size,
             )));
         }
-        for (field, unset) in [
-            ("bind_address", o.bind_address.is_null()),
-            ("bind_port", o.bind_port == 0),
-            ("framing", o.framing == 0),
-            ("length_prefix_bytes", o.length_prefix_bytes == 0),
-            ("delimiter", o.delimiter.is_null()),
-            ("delimiter_len", o.delimiter_len == 0),
-            ("max_frame", o.max_frame == 0),
-        ] {
-            if !unset {
+        let delimiter = match (o.delimiter.is_null(), o.delimiter_len) {
+            (true, 0) => None,
+            (true, _) => return Err(Error::null("delimiter (delimiter_len is not 0)")),
+            (false, n) if n > crate::framing::MAX_DELIMITER => {
                 return Err(Error::invalid(format!(
-                    "{field} is not supported by this netev yet: leave it 0 (NULL)"
+                    "delimiter_len is {n}: a delimiter is 1 to {} bytes",
+                    crate::framing::MAX_DELIMITER
                 )));
             }
-        }
+            // SAFETY: non-NULL, and at most 16 bytes; the header asks the
+            // host for `delimiter_len` readable bytes there during the call
+            // (they are copied).
+            (false, n) => Some(unsafe { std::slice::from_raw_parts(o.delimiter, n) }),
+        };
+        let framing = Framing::new(o.framing, o.length_prefix_bytes, delimiter, o.max_frame)?;
         let dispatcher = match o.dispatcher {
             0 => None,
             id => Some(Dispatcher::get(id)?),
@@ -352,6 +374,8 @@ impl Config {
             dispatcher,
             tls,
             server_name: None,
+            framing,
+            bind: None,
         })
     }
 
@@ -391,6 +415,8 @@ impl Default for Config {
             dispatcher: None,
             tls: None,
             server_name: None,
+            framing: None,
+            bind: None,
         }
     }
 }
@@ -453,6 +479,9 @@ pub struct Connection {
     ended: Condvar,
     /// The handle is in the table (see `current`).
     in_table: AtomicBool,
+    /// The host paused reading: no DATA or END until it resumes.
+    paused: AtomicBool,
+    counters: stats::Counters,
 }
 
 /// How the connection ended.
@@ -662,6 +691,8 @@ impl Connection {
             me: me.clone(),
             ended: Condvar::new(),
             in_table: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            counters: stats::Counters::default(),
         })
     }
 
@@ -684,8 +715,36 @@ impl Connection {
 
     /// Queues `data` (copied) after every byte sent before it.
     pub fn send(&self, data: &[u8]) -> Result<()> {
+        self.enqueue(&[data], None)
+    }
+
+    /// Queues the host's bytes without copying them (see `Owned`). On an
+    /// error the bytes were not taken, and their free function never runs.
+    pub fn send_owned(&self, owned: Owned) -> Result<()> {
+        self.enqueue(&[], Some(owned))
+    }
+
+    /// Queues `payload` as one frame: with its length prefix before it, or
+    /// its delimiter after it, in one send.
+    pub fn send_frame(&self, payload: &[u8]) -> Result<()> {
+        let Some(framing) = &self.cfg().framing else {
+            return Err(self.refuse_call(Error::invalid(
+                "send_frame on a connection without framing (NETEV_FRAMING_NONE)",
+            )));
+        };
+        let (head, head_len, tail) = framing.envelope(payload).map_err(|e| self.refuse_call(e))?;
+        self.enqueue(&[&head[..head_len], payload, tail], None)
+    }
+
+    /// Queues `parts` (copied), then `owned`, as one send: all or nothing.
+    fn enqueue(&self, parts: &[&[u8]], owned: Option<Owned>) -> Result<()> {
+        let total = parts.iter().map(|p| p.len()).sum::<usize>()
+            + owned.as_ref().map_or(0, |o| o.bytes().len());
         let mut st = self.lock();
         if st.write_shut_requested || st.close_requested || st.finished {
+            if let Some(o) = owned {
+                o.disarm();
+            }
             let e = Error::new(
                 Status::NETEV_ERR_CLOSED,
                 "send after the connection was shut down or closed",
@@ -694,16 +753,14 @@ impl Connection {
         }
         let queued = st.queued();
         let limit = self.cfg().send_buffer_limit;
-        if queued > 0 && queued.saturating_add(data.len()) > limit {
+        if queued > 0 && queued.saturating_add(total) > limit {
+            if let Some(o) = owned {
+                o.disarm();
+            }
             st.refused = true;
             let e = Error::new(
                 Status::NETEV_ERR_BUFFER_FULL,
-                format!(
-                    "{} bytes queued + {} would pass the send limit of {}",
-                    queued,
-                    data.len(),
-                    limit
-                ),
+                format!("{queued} bytes queued + {total} would pass the send limit of {limit}"),
             );
             let e = self.refuse(&mut st, e);
             if queued <= limit / 2 {
@@ -712,10 +769,12 @@ impl Connection {
             }
             return Err(e);
         }
-        if data.is_empty() {
+        if total == 0 {
+            // Nothing to write: an empty owned buffer is freed (once this
+            // thread holds no lock).
             return Ok(());
         }
-        let mut rest = data;
+        let mut taken = 0;
         // Ciphertext rustls holds that the socket did not take: the loop
         // must watch for writability.
         let mut tls_pending = false;
@@ -726,32 +785,90 @@ impl Connection {
         if queued == 0
             && let Some(fd) = st.drive.writable_fd()
         {
-            let taken = match st.drive.tls.as_deref_mut() {
-                None => driver::send_now(fd, data),
+            let mut slices = [IoSlice::new(&[]); 4];
+            let mut n = 0;
+            for p in parts
+                .iter()
+                .copied()
+                .chain(owned.as_ref().map(Owned::bytes))
+            {
+                if !p.is_empty() {
+                    slices[n] = IoSlice::new(p);
+                    n += 1;
+                }
+            }
+            taken = match st.drive.tls.as_deref_mut() {
+                None => driver::send_now(fd, &slices[..n]),
                 Some(t) => {
-                    let n = t.take_plaintext(&[std::io::IoSlice::new(data)]);
+                    let n = t.take_plaintext(&slices[..n]);
                     // A failed write is the loop's to meet (it ends the
                     // connection); the bytes are rustls' now either way.
                     let _ = t.write_out(&mut driver::FdWriter(fd));
                     tls_pending = t.wants_write();
-                    (n > 0).then_some(n)
+                    n
                 }
             };
-            if let Some(n) = taken {
-                rest = &data[n..];
-                log!("connection", self.id, "sent {n} bytes");
+            if taken > 0 {
+                stats::Counters::add(&self.counters.sent, taken);
+                log!("connection", self.id, "sent {taken} bytes");
                 if self.cfg().idle_timeout.is_some() {
                     st.last_write = Some(Instant::now());
                 }
             }
         }
-        if !rest.is_empty() {
-            st.out.push(rest);
+        let rest = total - taken;
+        let mut skip = taken;
+        for p in parts {
+            let n = skip.min(p.len());
+            skip -= n;
+            if n < p.len() {
+                st.out.push(&p[n..]);
+            }
         }
-        if (!rest.is_empty() && queued == 0) || tls_pending {
+        if let Some(o) = owned
+            && skip < o.bytes().len()
+        {
+            // Part of it may be written: the queue starts inside it.
+            let first = st.out.is_empty();
+            st.out.push_owned(o);
+            if first {
+                st.out.consume(skip);
+            }
+        }
+        if (rest > 0 && queued == 0) || tls_pending {
             self.kick(st);
         }
         Ok(())
+    }
+
+    /// Stops reading: no DATA or END until `resume`.
+    pub fn pause(&self) {
+        if !self.paused.swap(true, Ordering::AcqRel) {
+            log!("connection", self.id, "paused");
+        }
+    }
+
+    /// Reads again, after what a pause held back.
+    pub fn resume(&self) {
+        if self.paused.swap(false, Ordering::AcqRel) {
+            log!("connection", self.id, "resumed");
+            self.redeliver();
+            self.kick(self.lock());
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// The socket's own address while it is connected (from the TCP
+    /// connect or accept until the end).
+    pub fn local(&self) -> Option<Remote> {
+        let st = self.lock();
+        match (&st.drive.socket, st.drive.connected) {
+            (Some(s), true) => s.local_addr().ok().map(Remote::new),
+            _ => None,
+        }
     }
 
     /// Closes the write side once queued bytes are written; reading goes on.
@@ -1035,9 +1152,12 @@ mod tests {
     }
 
     /// What an idle connection costs netev, besides the kernel's socket.
+    /// 416 = 384 before issue 12 + its always-on counters (24) + the
+    /// framer's pointer (8); the idle row of benches/run.sh checks the
+    /// whole cost against 0.5 KiB.
     #[test]
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Connection>();
-        assert!(size <= 384, "a connection is {size} bytes");
+        assert!(size <= 416, "a connection is {size} bytes");
     }
 }

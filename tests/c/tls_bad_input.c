@@ -7,7 +7,7 @@
  * - handles: NULL out-pointers, garbage, 0, released, of another kind, a
  *   server config on a client and a client config on a listener;
  * - the getters on plain connections and with NULL arguments;
- * - the appended fields not supported yet are refused. */
+ * - bad framing and bind fields are refused. */
 #include "common_tls.h"
 
 static char last[1024];
@@ -172,18 +172,19 @@ int main(void) {
   defaults.tls = server;
   CHECK_STATUS(netev_listener_open(0, &lo, &l), NETEV_ERR_INVALID_HANDLE);
 
-  TEST_STAGE = "fields not supported yet";
+  TEST_STAGE = "bad framing and bind fields";
   CHECK_OK(netev_connection_options_init(&co));
-  co.bind_port = 1;
+  co.bind_address = "not-an-ip";
   CHECK_STATUS(netev_connection_open("127.0.0.1", 9, &co, &conn), NETEV_ERR_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "bind_port") != NULL);
-  co.bind_port = 0;
-  co.framing = 1;
+  CHECK(strstr(last_error(), "bind_address") != NULL);
+  co.bind_address = NULL;
+  co.framing = 1; /* a delimiter is missing */
   CHECK_STATUS(netev_connection_open("127.0.0.1", 9, &co, &conn), NETEV_ERR_INVALID_ARGUMENT);
-  co.framing = 0;
-  co.max_frame = 10;
+  co.framing = 3;
   CHECK_STATUS(netev_connection_open("127.0.0.1", 9, &co, &conn), NETEV_ERR_INVALID_ARGUMENT);
-
+  co.framing = 2;
+  co.length_prefix_bytes = 3;
+  CHECK_STATUS(netev_connection_open("127.0.0.1", 9, &co, &conn), NETEV_ERR_INVALID_ARGUMENT);
   TEST_STAGE = "getters";
   peer p;
   peer_start(&p, PEER_HOLD, 0);
