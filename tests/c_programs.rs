@@ -294,6 +294,11 @@ c_tests!(
     // an ABI that can grow: options structs read and written by their size
     abi_sizes,
     abi_guard_page,
+    // connection additions (issue 12): flow control, addresses, counters,
+    // zero-copy sends, framing, binding, racing connects
+    conn_pause,
+    conn_local_stats_owned,
+    conn_framing,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );

@@ -91,6 +91,27 @@ fn race_order(addrs: Vec<SocketAddr>, bind: Option<Bind>) -> Vec<SocketAddr> {
     }
 }
 
+/// A test seam, in debug builds only: NETEV_TEST_HOSTS="name=ip,ip;..."
+/// resolves `name` to those addresses in that order, so tests can race
+/// both families where "localhost" has only one (as in some sandboxes).
+#[cfg(debug_assertions)]
+fn test_hosts(name: &str, port: u16) -> Option<io::Result<Vec<SocketAddr>>> {
+    let table = std::env::var("NETEV_TEST_HOSTS").ok()?;
+    let ips = table
+        .split(';')
+        .find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='))?;
+    Some(Ok(ips
+        .split(',')
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()))
+}
+
+#[cfg(not(debug_assertions))]
+fn test_hosts(_: &str, _: u16) -> Option<io::Result<Vec<SocketAddr>>> {
+    None
+}
+
 /// A non-blocking connect to `addr` from `bind`'s address and port.
 fn start_connect(addr: SocketAddr, bind: Option<Bind>) -> Result<mio::net::TcpStream> {
     let what = || format!("connect to {addr}");
@@ -220,9 +241,11 @@ impl Source for Connection {
         drop(st);
         let me = self.clone();
         let spawned = runtime::spawn_blocking(move || {
-            let found = (&*me.address(), me.port())
-                .to_socket_addrs()
-                .map(|a| a.collect::<Vec<_>>());
+            let found = test_hosts(&me.address(), me.port()).unwrap_or_else(|| {
+                (&*me.address(), me.port())
+                    .to_socket_addrs()
+                    .map(|a| a.collect::<Vec<_>>())
+            });
             let mut st = me.lock();
             if let Phase::Resolving(c) = &mut st.drive.phase {
                 c.resolved = Some(found);
