@@ -299,6 +299,8 @@ c_tests!(
     conn_pause,
     conn_local_stats_owned,
     conn_framing,
+    // needs the debug library's NETEV_TEST_HOSTS seam (cargo test builds it)
+    conn_eyeballs,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );
