@@ -331,6 +331,7 @@ tls_tests!(
     tls_interop,
     tls_bad_input,
     tls_backpressure,
+    tls_framing,
 );
 
 /// Programs built against the released header (see the top of this file),

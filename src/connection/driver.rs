@@ -576,10 +576,10 @@ impl Connection {
         if snap.close || (snap.peer_ended && snap.shut_done) {
             return self.clone().end(cx, End::Close);
         }
-        if snap.peer_ended || snap.paused || !self.receive_room() {
-            return;
-        }
         let mut framer = snap.framer;
+        if snap.peer_ended || snap.paused || !self.receive_room() {
+            return self.keep(framer);
+        }
         // What a pause held back goes first: frames read but not delivered,
         // then the peer's end.
         let held = match framer.as_deref_mut() {
