@@ -1,6 +1,6 @@
 /* netev_echo: the benchmark's echo server on netev.
  *
- * Usage: netev_echo [--dispatcher] [--workers N] PORT
+ * Usage: netev_echo [--dispatcher] [--workers N] [--cert FILE --key FILE] PORT
  *
  *   default        callbacks run on netev's I/O threads; on_data echoes the
  *                  borrowed bytes straight back with netev_connection_send.
@@ -9,6 +9,11 @@
  *                  loop on netev_dispatcher_fd (the GUI / interpreter shape).
  *   --workers N    netev_runtime_init with worker_threads = N (0 = default,
  *                  one per core).
+ *   --cert FILE --key FILE
+ *                  TLS: a server configuration from this certificate chain
+ *                  and key (PEM) becomes the listener's connection default,
+ *                  so every accepted connection speaks TLS and on_data sees
+ *                  plaintext. Combines with the options above.
  *
  * PORT 0 picks a free port. The first line on stdout is "port N", flushed.
  * SIGTERM or SIGINT: stop accepting, shut the runtime down, exit 0.
@@ -63,19 +68,24 @@ static void on_listener_error(netev_listener l, const netev_event *e, void *user
 }
 
 static void usage(const char *argv0) {
-  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] PORT\n", argv0);
+  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] [--cert FILE --key FILE] PORT\n", argv0);
   exit(2);
 }
 
 int main(int argc, char **argv) {
   int use_dispatcher = 0;
   long workers = 0, port = -1;
+  const char *cert = NULL, *key = NULL;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--dispatcher") == 0) {
       use_dispatcher = 1;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       workers = strtol(argv[++i], NULL, 10);
       if (workers < 0) usage(argv[0]);
+    } else if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
+      cert = argv[++i];
+    } else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc) {
+      key = argv[++i];
     } else if (port < 0 && argv[i][0] >= '0' && argv[i][0] <= '9') {
       char *end;
       port = strtol(argv[i], &end, 10);
@@ -84,7 +94,7 @@ int main(int argc, char **argv) {
       usage(argv[0]);
     }
   }
-  if (port < 0) usage(argv[0]);
+  if (port < 0 || !cert != !key) usage(argv[0]);
 
   /* Block the stop signals before netev starts its threads (they inherit
    * the mask), so only main receives them, through the self-pipe. */
@@ -119,6 +129,15 @@ int main(int argc, char **argv) {
   check(netev_connection_options_init(&defaults), "connection_options_init");
   defaults.on_data = on_data;
   defaults.no_delay = true;
+  netev_tls_config tls = 0;
+  if (cert) {
+    netev_tls_options to;
+    check(netev_tls_options_init(&to), "tls_options_init");
+    to.cert_file = cert;
+    to.key_file = key;
+    check(netev_tls_server_config_create(&to, &tls), "tls_server_config_create");
+    defaults.tls = tls;
+  }
   netev_listener_options lo;
   check(netev_listener_options_init(&lo), "listener_options_init");
   lo.on_error = on_listener_error;
@@ -149,6 +168,7 @@ int main(int argc, char **argv) {
   check(netev_listener_terminate(listener), "listener_terminate");
   check(netev_listener_release(listener), "listener_release");
   if (use_dispatcher) check(netev_dispatcher_release(d), "dispatcher_release");
+  if (tls) check(netev_tls_config_release(tls), "tls_config_release");
   check(netev_runtime_shutdown(5), "runtime_shutdown");
   return 0;
 }

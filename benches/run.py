@@ -20,7 +20,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-MODES = ["pingpong1", "pingpong", "bulk1", "bulk8", "connect", "idle"]
+PLAIN_MODES = ["pingpong1", "pingpong", "bulk1", "bulk8", "connect", "idle"]
+# TLS modes: servers with --cert/--key against tls_loadgen, and compared
+# with tokio + tokio-rustls rather than libuv (see benches/README.md).
+TLS_MODES = ["tls_bulk1", "tls_bulk8", "tls_handshake"]
+MODES = PLAIN_MODES + TLS_MODES
+TLS_BASE = "tokio-rustls"
+
+
+def base_server(mode):
+    """The server a mode's ratio column divides by."""
+    return TLS_BASE if mode in TLS_MODES else "libuv"
 
 
 def log(msg):
@@ -32,8 +42,9 @@ def sh(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def build(args):
-    """Builds libnetev, tokio_echo and the C programs; returns their paths."""
+def build(args, tls):
+    """Builds libnetev, tokio_echo and the C programs, and with `tls`
+    tls_loadgen and a CA with a localhost certificate; returns their paths."""
     if args.lib_dir:
         lib_dir = os.path.abspath(args.lib_dir)
     else:
@@ -44,6 +55,12 @@ def build(args):
     else:
         sh(["cargo", "build", "--release", "--quiet", "--example", "tokio_echo"], cwd=ROOT)
         tokio = os.path.join(ROOT, "target", "release", "examples", "tokio_echo")
+    tls_loadgen = None
+    if tls and args.tls_loadgen_bin:
+        tls_loadgen = os.path.abspath(args.tls_loadgen_bin)
+    elif tls:
+        sh(["cargo", "build", "--release", "--quiet", "--example", "tls_loadgen"], cwd=ROOT)
+        tls_loadgen = os.path.join(ROOT, "target", "release", "examples", "tls_loadgen")
     if not os.path.exists(os.path.join(lib_dir, "libnetev.so")):
         sys.exit(f"run.py: {lib_dir}/libnetev.so is missing")
     try:
@@ -56,12 +73,16 @@ def build(args):
                  "(.ci/run installs them)")
     out = os.path.abspath(args.build_dir)
     os.makedirs(os.path.join(out, "lib"), exist_ok=True)
-    # Snapshot the library and tokio_echo: a cargo build elsewhere during a
-    # long run must not change what is measured halfway through.
+    # Snapshot the library, tokio_echo and tls_loadgen: a cargo build
+    # elsewhere during a long run must not change what is measured halfway
+    # through.
     shutil.copy2(os.path.join(lib_dir, "libnetev.so"), os.path.join(out, "lib", "libnetev.so"))
     lib_dir = os.path.join(out, "lib")
     shutil.copy2(tokio, os.path.join(out, "tokio_echo"))
     tokio = os.path.join(out, "tokio_echo")
+    if tls_loadgen:
+        shutil.copy2(tls_loadgen, os.path.join(out, "tls_loadgen"))
+        tls_loadgen = os.path.join(out, "tls_loadgen")
     cc = os.environ.get("CC", "cc")
     base = [cc, "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror"]
     progs = {
@@ -77,11 +98,37 @@ def build(args):
         sh(cmd[:1] + ["-o", path] + cmd[1:])
         paths[name] = path
     paths["tokio_echo"] = tokio
+    if tls:
+        paths["tls_loadgen"] = tls_loadgen
+        paths["tls"] = make_certs(os.path.join(out, "tls"))
     return paths
 
 
-def server_commands(paths, pinned):
+def make_certs(where):
+    """A fresh CA and localhost server certificate (EC P-256) for this run,
+    made by the TLS tests' own script."""
+    if not shutil.which("openssl"):
+        sys.exit("run.py: the TLS modes need the openssl command (Debian: apt-get install openssl)")
+    shutil.rmtree(where, ignore_errors=True)
+    sh(["sh", os.path.join(ROOT, "tests", "c", "tls_certs.sh"), where], stdout=subprocess.DEVNULL)
+    return {"ca": os.path.join(where, "ca.pem"), "cert": os.path.join(where, "server.pem"),
+            "key": os.path.join(where, "server.key")}
+
+
+def server_commands(paths, pinned, tls=False):
     n = paths["netev_echo"]
+    if tls:
+        # The same servers with a certificate; libuv, epoll and plain tokio
+        # have no TLS here: tokio-rustls is the floor.
+        cert = ["--cert", paths["tls"]["cert"], "--key", paths["tls"]["key"]]
+        servers = [("netev", [n] + cert + ["0"])]
+        if pinned:
+            servers.append(("netev-w1", [n, "--workers", "1"] + cert + ["0"]))
+        servers += [
+            ("netev-dispatcher", [n, "--dispatcher"] + cert + ["0"]),
+            (TLS_BASE, [paths["tokio_echo"]] + cert + ["0"]),
+        ]
+        return servers
     servers = [("netev", [n, "0"])]
     if pinned:
         servers.append(("netev-w1", [n, "--workers", "1", "0"]))
@@ -145,6 +192,10 @@ def run_one(name, argv, mode, pinned, args, paths):
             cmd = gen + ["bulk", "--conns", mode[4:]] + common + timing
         elif mode == "connect":
             cmd = gen + ["connect"] + common + timing
+        elif mode in ("tls_bulk1", "tls_bulk8"):
+            cmd = [paths["tls_loadgen"], "bulk", "--conns", mode[8:], "--ca", paths["tls"]["ca"]] + common + timing
+        elif mode == "tls_handshake":
+            cmd = [paths["tls_loadgen"], "handshake", "--ca", paths["tls"]["ca"]] + common + timing
         if mode != "idle":
             p = subprocess.run(gen_pin + cmd, capture_output=True, text=True, timeout=args.duration * 4 + 60)
             if p.returncode != 0:
@@ -195,6 +246,9 @@ COLUMNS = {
 }
 COLUMNS["bulk8"] = COLUMNS["bulk1"]
 COLUMNS["pingpong1"] = COLUMNS["pingpong"]
+COLUMNS["tls_bulk1"] = COLUMNS["tls_bulk8"] = COLUMNS["bulk1"]
+COLUMNS["tls_handshake"] = [("cpu_us_per_handshake", "server CPU µs/handshake", "{:.1f}", True),
+                            ("handshakes_per_s", "handshakes/s", "{:,.0f}", True)]
 TITLES = {
     "pingpong1": "ping-pong: 1 connection, 64-byte messages",
     "pingpong": "ping-pong: 50 connections, 64-byte messages",
@@ -202,6 +256,9 @@ TITLES = {
     "bulk8": "bulk: 8 connections streaming",
     "connect": "connect: connect, 1 byte each way, close (16 at a time)",
     "idle": "idle: server memory for {n} idle connections",
+    "tls_bulk1": "TLS bulk: 1 connection, every byte echoed and checked",
+    "tls_bulk8": "TLS bulk: 8 connections",
+    "tls_handshake": "TLS handshakes: connect, full handshake (no resumption), 1 byte each way, close (16 at a time)",
 }
 
 
@@ -218,9 +275,9 @@ def table(results, mode, servers, args):
     for key, title, fmt, ratio in cols:
         head.append(title)
         if ratio:
-            head.append("×libuv")
+            head.append("×" + base_server(mode))
     rows = []
-    base = results.get("libuv", [])
+    base = results.get(base_server(mode), [])
     for name in servers:
         runs = results.get(name, [])
         if not runs:
@@ -248,8 +305,9 @@ def med(results, server, mode, key):
     return statistics.median([r[key] for r in runs]) if runs else None
 
 
-def targets(res):
-    """The issue's targets, checked on the pinned pass."""
+def targets(res, modes):
+    """The issue's targets, checked on the pinned pass: the plain ones when
+    a plain mode ran, the TLS ones when a TLS mode ran."""
     out = []
 
     def check(label, value, limit, ok):
@@ -258,25 +316,37 @@ def targets(res):
         else:
             out.append(f"- {label}: {value:.3g} vs {limit:.3g} → {'MET' if ok(value, limit) else 'NOT MET'}")
 
-    cpu_rows = (("pingpong1", "cpu_us_per_rt", "CPU µs/round trip (pingpong 1)"),
-                ("pingpong", "cpu_us_per_rt", "CPU µs/round trip (pingpong 50)"),
-                ("bulk1", "cpu_ms_per_gib", "CPU ms/GiB (bulk 1)"),
-                ("bulk8", "cpu_ms_per_gib", "CPU ms/GiB (bulk 8)"),
-                ("connect", "cpu_us_per_conn", "CPU µs/connection (connect)"))
-    for variant in ("netev", "netev-w1"):
-        for mode, key, what in cpu_rows:
-            check(f"{variant} {what} ≤ libuv", med(res, variant, mode, key), med(res, "libuv", mode, key),
-                  lambda v, b: v <= b)
-        for mode in ("pingpong1", "pingpong"):
-            for key in ("p50_us", "p99_us", "p999_us"):
-                check(f"{variant} {mode} {key} ≤ libuv", med(res, variant, mode, key), med(res, "libuv", mode, key),
+    if any(m in PLAIN_MODES for m in modes):
+        cpu_rows = (("pingpong1", "cpu_us_per_rt", "CPU µs/round trip (pingpong 1)"),
+                    ("pingpong", "cpu_us_per_rt", "CPU µs/round trip (pingpong 50)"),
+                    ("bulk1", "cpu_ms_per_gib", "CPU ms/GiB (bulk 1)"),
+                    ("bulk8", "cpu_ms_per_gib", "CPU ms/GiB (bulk 8)"),
+                    ("connect", "cpu_us_per_conn", "CPU µs/connection (connect)"))
+        for variant in ("netev", "netev-w1"):
+            for mode, key, what in cpu_rows:
+                check(f"{variant} {what} ≤ libuv", med(res, variant, mode, key), med(res, "libuv", mode, key),
                       lambda v, b: v <= b)
-        check(f"{variant} KiB per idle connection ≤ 0.5", med(res, variant, "idle", "kib_per_conn"), 0.5,
-              lambda v, b: v <= b)
-    for mode, key, what in cpu_rows:
-        b = med(res, "libuv", mode, key)
-        check(f"netev-dispatcher {what} ≤ 1.3 × libuv", med(res, "netev-dispatcher", mode, key),
-              b * 1.3 if b else None, lambda v, lim: v <= lim)
+            for mode in ("pingpong1", "pingpong"):
+                for key in ("p50_us", "p99_us", "p999_us"):
+                    check(f"{variant} {mode} {key} ≤ libuv", med(res, variant, mode, key),
+                          med(res, "libuv", mode, key), lambda v, b: v <= b)
+            check(f"{variant} KiB per idle connection ≤ 0.5", med(res, variant, "idle", "kib_per_conn"), 0.5,
+                  lambda v, b: v <= b)
+        for mode, key, what in cpu_rows:
+            b = med(res, "libuv", mode, key)
+            check(f"netev-dispatcher {what} ≤ 1.3 × libuv", med(res, "netev-dispatcher", mode, key),
+                  b * 1.3 if b else None, lambda v, lim: v <= lim)
+    if any(m in TLS_MODES for m in modes):
+        # Issue 11: what netev adds to tokio + tokio-rustls (same provider)
+        # costs at most 10 %.
+        tls_rows = (("tls_bulk1", "cpu_ms_per_gib", "TLS CPU ms/GiB (bulk 1)"),
+                    ("tls_bulk8", "cpu_ms_per_gib", "TLS CPU ms/GiB (bulk 8)"),
+                    ("tls_handshake", "cpu_us_per_handshake", "TLS CPU µs/handshake"))
+        for variant in ("netev", "netev-w1"):
+            for mode, key, what in tls_rows:
+                b = med(res, TLS_BASE, mode, key)
+                check(f"{variant} {what} ≤ 1.1 × {TLS_BASE}", med(res, variant, mode, key),
+                      b * 1.1 if b else None, lambda v, lim: v <= lim)
     return "\n".join(out)
 
 
@@ -293,6 +363,7 @@ def main():
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "target", "benches"))
     ap.add_argument("--lib-dir", help="use this libnetev.so directory instead of cargo build --release")
     ap.add_argument("--tokio-bin", help="use this tokio_echo instead of cargo build --release --example")
+    ap.add_argument("--tls-loadgen-bin", help="use this tls_loadgen instead of cargo build --release --example")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.idle_conns = 1, 0.2, 200
@@ -326,7 +397,8 @@ def main():
     if hard < args.idle_conns + 100:
         sys.exit(f"run.py: RLIMIT_NOFILE hard limit {hard} is below --idle-conns {args.idle_conns} + 100")
 
-    paths = build(args)
+    tls = any(m in TLS_MODES for m in modes)
+    paths = build(args, tls)
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -334,13 +406,15 @@ def main():
     all_results = {}
     for pss in passes:
         pinned = pss == "pinned"
-        servers = server_commands(paths, pinned)
-        if args.servers:
-            keep = args.servers.split(",")
-            servers = [s for s in servers if s[0] in keep]
         res = all_results.setdefault(pss, {})
         for rnd in range(args.rounds):
             for mode in modes:
+                servers = server_commands(paths, pinned, mode in TLS_MODES)
+                if args.servers:
+                    keep = args.servers.split(",")
+                    servers = [s for s in servers if s[0] in keep]
+                if not servers:
+                    continue
                 k = rnd % len(servers)
                 for name, argv in servers[k:] + servers[:k]:  # a different server goes first each round
                     log(f"[{pss} round {rnd + 1}/{args.rounds}] {mode} {name}")
@@ -365,20 +439,26 @@ def main():
     print(f"netev: git {rev}")
     print(f"machine: nproc {os.cpu_count()}, {cpu_model}, kernel {os.uname().release}")
     print(f"load average before: {' '.join(load_before)}, after: {' '.join(load_after)}")
+    ratios = []
+    if any(m in PLAIN_MODES for m in modes):
+        ratios.append("×libuv: median ÷ libuv's median")
+    if tls:
+        ratios.append(f"×{TLS_BASE} (TLS modes): median ÷ {TLS_BASE}'s median")
+    ratios = "; ".join(ratios)
     print(f"rounds {args.rounds}, {args.duration:g} s measured per run (after {args.warmup:g} s warm-up); "
-          "cells: median (min–max over rounds); ×libuv: median ÷ libuv's median")
+          f"cells: median (min–max over rounds); {ratios}")
     for pss, res in all_results.items():
-        servers = [s for s, _ in server_commands(paths, pss == "pinned")]
         where = ("pinned: server on CPU 0, load generator on CPU 1" if pss == "pinned"
                  else "unpinned: server and load generator free to use every core")
         print(f"\n## {where}")
         for mode in modes:
             if mode in res:
+                servers = [s for s, _ in server_commands(paths, pss == "pinned", mode in TLS_MODES)]
                 print(f"\n### {TITLES[mode].format(n=args.idle_conns)}\n")
                 print(table(res[mode], mode, servers, args))
         if pss == "pinned":
             print("\n### targets (pinned)\n")
-            print(targets(res))
+            print(targets(res, modes))
     sys.stdout.flush()
 
 

@@ -5,8 +5,9 @@
 //! run succeeds and that the tables are printed.
 //!
 //! It uses the libnetev.so that `cargo test` just built and the tokio_echo
-//! example from the same build (cargo test builds examples), so it never
-//! starts a nested cargo on the build directory it runs from.
+//! and tls_loadgen examples from the same build (cargo test builds
+//! examples), so it never starts a nested cargo on the build directory it
+//! runs from. The TLS modes need the openssl command (for the certificates).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -38,14 +39,10 @@ fn benchmark_suite_quick_run() {
         "{} is missing: cargo test builds it with the library",
         deps.join("libnetev.so").display()
     );
-    let mut tokio = deps
-        .parent()
-        .expect("profile directory")
-        .join("examples")
-        .join("tokio_echo");
-    if !tokio.exists() {
-        // `cargo test --test benches_smoke` builds no examples: build it in a
-        // target directory of its own (the outer cargo holds this one).
+    let mut examples = deps.parent().expect("profile directory").join("examples");
+    if !examples.join("tokio_echo").exists() || !examples.join("tls_loadgen").exists() {
+        // `cargo test --test benches_smoke` builds no examples: build them in
+        // a target directory of its own (the outer cargo holds this one).
         let target = root().join("target").join("benches-smoke-cargo");
         let st = Command::new(env!("CARGO"))
             .args([
@@ -53,14 +50,19 @@ fn benchmark_suite_quick_run() {
                 "--quiet",
                 "--example",
                 "tokio_echo",
+                "--example",
+                "tls_loadgen",
                 "--target-dir",
             ])
             .arg(&target)
             .current_dir(root())
             .status()
             .expect("run cargo");
-        assert!(st.success(), "cargo build --example tokio_echo failed");
-        tokio = target.join("debug").join("examples").join("tokio_echo");
+        assert!(
+            st.success(),
+            "cargo build --example tokio_echo --example tls_loadgen failed"
+        );
+        examples = target.join("debug").join("examples");
     }
 
     let build_dir = root().join("target").join("benches-smoke");
@@ -70,7 +72,9 @@ fn benchmark_suite_quick_run() {
         .arg("--lib-dir")
         .arg(&deps)
         .arg("--tokio-bin")
-        .arg(&tokio)
+        .arg(examples.join("tokio_echo"))
+        .arg("--tls-loadgen-bin")
+        .arg(examples.join("tls_loadgen"))
         .arg("--build-dir")
         .arg(&build_dir)
         .current_dir(root())
@@ -78,7 +82,7 @@ fn benchmark_suite_quick_run() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start benches/run.sh");
-    // A watchdog: the quick run takes about 15 s.
+    // A watchdog: the quick run takes about 25 s.
     let limit = Duration::from_secs(300);
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
@@ -128,5 +132,24 @@ fn benchmark_suite_quick_run() {
         "| tokio ",
     ] {
         assert!(stdout.contains(server), "no {server:?} row in:\n{stdout}");
+    }
+    // Each TLS table has its rows for netev and for the tokio-rustls floor
+    // (the plain tables above have a netev row too, so look inside each).
+    for heading in [
+        "### TLS bulk: 1 connection",
+        "### TLS bulk: 8 connections",
+        "### TLS handshakes",
+    ] {
+        let at = stdout
+            .find(heading)
+            .unwrap_or_else(|| panic!("no {heading:?} table in:\n{stdout}"));
+        let table = &stdout[at..];
+        let table = &table[..table[4..].find("\n###").map_or(table.len(), |e| e + 4)];
+        for server in ["| netev ", "| tokio-rustls "] {
+            assert!(
+                table.contains(server),
+                "no {server:?} row in the {heading:?} table:\n{table}"
+            );
+        }
     }
 }
