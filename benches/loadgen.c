@@ -5,6 +5,9 @@
  * Modes
  *   pingpong  --conns N --size S     each connection sends an S-byte message,
  *                                    waits for the whole echo, repeats.
+ *             [--prefix]             each message starts with its payload's
+ *                                    length (S - 4) as 4 big-endian bytes:
+ *                                    length-prefix frames for a framing server.
  *                                    Round trips/s, p50/p99/p99.9 latency.
  *   bulk      --conns N              each connection streams and reads back at
  *                                    once, at most --window bytes in flight.
@@ -49,7 +52,7 @@ static uint8_t pattern[PERIOD + MAXIO];
 
 static const char *mode;
 static const char *host = "127.0.0.1";
-static int port = -1, nconns = -1, msg_size = 64, concurrency = 16;
+static int port = -1, nconns = -1, msg_size = 64, concurrency = 16, prefix = 0;
 static double duration = 5, warmup = 0.5;
 static size_t window = 256 * 1024;
 static pid_t server_pid = 0;
@@ -138,7 +141,15 @@ typedef struct {
   uint32_t seed;
   uint64_t sent, recvd, msg_end, t0;
   int want_out;
+  uint8_t *msg; /* --prefix: the message in flight, prefix included */
+  uint64_t msg_start;
 } conn;
+
+/* The bytes the stream holds at `off`: the pattern, or with --prefix the
+ * message in flight (pingpong has one at a time). */
+static const uint8_t *src(conn *c, uint64_t off) {
+  return c->msg ? c->msg + (off - c->msg_start) : pat(off, c->seed);
+}
 
 static int ep;
 static conn *conns;
@@ -162,7 +173,7 @@ static void pump(conn *c) {
   uint64_t goal = send_target(c);
   while (c->sent < goal) {
     size_t n = goal - c->sent > MAXIO ? MAXIO : (size_t)(goal - c->sent);
-    ssize_t w = write(c->fd, pat(c->sent, c->seed), n);
+    ssize_t w = write(c->fd, src(c, c->sent), n);
     if (w > 0) {
       c->sent += (uint64_t)w;
     } else if (w < 0 && errno == EINTR) {
@@ -178,6 +189,14 @@ static void pump(conn *c) {
 }
 
 static void start_message(conn *c, uint64_t t) {
+  if (prefix) {
+    if (!c->msg && !(c->msg = malloc((size_t)msg_size))) die("out of memory");
+    uint32_t len = (uint32_t)msg_size - 4;
+    uint8_t be[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len};
+    memcpy(c->msg, be, 4);
+    memcpy(c->msg + 4, pat(c->sent, c->seed), (size_t)msg_size - 4);
+    c->msg_start = c->sent;
+  }
   c->msg_end = c->sent + (uint64_t)msg_size;
   c->t0 = t;
   pump(c);
@@ -198,7 +217,7 @@ static void on_readable(conn *c) {
       die("read: %s", strerror(errno));
     }
     if ((uint64_t)n > c->sent - c->recvd) die("the server sent back more than it was sent");
-    if (memcmp(buf, pat(c->recvd, c->seed), (size_t)n) != 0)
+    if (memcmp(buf, src(c, c->recvd), (size_t)n) != 0)
       die("echoed bytes differ from those sent (connection offset %llu)", (unsigned long long)c->recvd);
     c->recvd += (uint64_t)n;
     if (bulk) {
@@ -236,6 +255,7 @@ static int run_streams(void) {
   bulk = strcmp(mode, "bulk") == 0;
   if (nconns < 0) nconns = bulk ? 1 : 50;
   if (!bulk && (msg_size < 1 || (unsigned)msg_size > MAXIO)) die("--size must be 1..%u", MAXIO);
+  if (prefix && (bulk || msg_size < 4)) die("--prefix is for pingpong, with --size 4 or more");
   ep = epoll_create1(EPOLL_CLOEXEC);
   conns = calloc((size_t)nconns, sizeof *conns);
   for (int i = 0; i < nconns; i++) {
@@ -430,6 +450,10 @@ int main(int argc, char **argv) {
   mode = argv[1];
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--prefix")) {
+      prefix = 1;
+      continue;
+    }
     if (!v) die("%s needs a value", a);
     i++;
     if (!strcmp(a, "--port")) port = atoi(v);

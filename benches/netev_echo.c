@@ -1,9 +1,11 @@
 /* netev_echo: the benchmark's echo server on netev.
  *
- * Usage: netev_echo [--dispatcher] [--workers N] [--cert FILE --key FILE] PORT
+ * Usage: netev_echo [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] PORT
  *
  *   default        callbacks run on netev's I/O threads; on_data echoes the
  *                  borrowed bytes straight back with netev_connection_send.
+ *   --framing      4-byte length-prefix framing: each DATA is one frame,
+ *                  echoed with netev_connection_send_frame.
  *   --dispatcher   the listener and its connections are bound to a
  *                  netev_dispatcher that the main thread runs from a poll()
  *                  loop on netev_dispatcher_fd (the GUI / interpreter shape).
@@ -61,6 +63,19 @@ static void on_data(netev_connection conn, const netev_event *e, void *user_data
   }
 }
 
+/* --framing: each DATA is one length-prefixed frame's payload; the echo is
+ * the same frame, prefix added back by send_frame. */
+static void on_frame(netev_connection conn, const netev_event *e, void *user_data) {
+  (void)user_data;
+  netev_status st = netev_connection_send_frame(conn, e->data, e->data_len);
+  if (st == NETEV_ERR_BUFFER_FULL) {
+    fprintf(stderr, "netev_echo: peer does not read its echo: closing\n");
+    netev_connection_close(conn);
+  } else if (st != NETEV_OK && st != NETEV_ERR_CLOSED) {
+    check(st, "send_frame");
+  }
+}
+
 static void on_listener_error(netev_listener l, const netev_event *e, void *user_data) {
   (void)l;
   (void)user_data;
@@ -68,12 +83,12 @@ static void on_listener_error(netev_listener l, const netev_event *e, void *user
 }
 
 static void usage(const char *argv0) {
-  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] [--cert FILE --key FILE] PORT\n", argv0);
+  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] PORT\n", argv0);
   exit(2);
 }
 
 int main(int argc, char **argv) {
-  int use_dispatcher = 0;
+  int use_dispatcher = 0, framing = 0;
   long workers = 0, port = -1;
   const char *cert = NULL, *key = NULL;
   for (int i = 1; i < argc; i++) {
@@ -82,6 +97,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       workers = strtol(argv[++i], NULL, 10);
       if (workers < 0) usage(argv[0]);
+    } else if (strcmp(argv[i], "--framing") == 0) {
+      framing = 1;
     } else if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
       cert = argv[++i];
     } else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc) {
@@ -127,7 +144,8 @@ int main(int argc, char **argv) {
 
   netev_connection_options defaults;
   check(netev_connection_options_init(&defaults), "connection_options_init");
-  defaults.on_data = on_data;
+  defaults.on_data = framing ? on_frame : on_data;
+  if (framing) defaults.framing = NETEV_FRAMING_LENGTH_PREFIX; /* 4-byte prefix */
   defaults.no_delay = true;
   netev_tls_config tls = 0;
   if (cert) {

@@ -24,13 +24,23 @@ PLAIN_MODES = ["pingpong1", "pingpong", "bulk1", "bulk8", "connect", "idle"]
 # TLS modes: servers with --cert/--key against tls_loadgen, and compared
 # with tokio + tokio-rustls rather than libuv (see benches/README.md).
 TLS_MODES = ["tls_bulk1", "tls_bulk8", "tls_handshake"]
-MODES = PLAIN_MODES + TLS_MODES
+# Framing (issue 12): netev's length-prefix framing against netev echoing
+# the same byte stream unframed, i.e. a host that splits nothing.
+FRAMED_MODES = ["framed"]
+MODES = PLAIN_MODES + TLS_MODES + FRAMED_MODES
 TLS_BASE = "tokio-rustls"
+FRAMED_BASE = "netev"
 
 
 def base_server(mode):
     """The server a mode's ratio column divides by."""
+    if mode in FRAMED_MODES:
+        return FRAMED_BASE
     return TLS_BASE if mode in TLS_MODES else "libuv"
+
+
+def kind_of(mode):
+    return "tls" if mode in TLS_MODES else "framed" if mode in FRAMED_MODES else "plain"
 
 
 def log(msg):
@@ -115,9 +125,15 @@ def make_certs(where):
             "key": os.path.join(where, "server.key")}
 
 
-def server_commands(paths, pinned, tls=False):
+def server_commands(paths, pinned, kind="plain"):
     n = paths["netev_echo"]
-    if tls:
+    if kind == "framed":
+        servers = [("netev", [n, "0"]), ("netev-framed", [n, "--framing", "0"])]
+        if pinned:
+            servers += [("netev-w1", [n, "--workers", "1", "0"]),
+                        ("netev-w1-framed", [n, "--workers", "1", "--framing", "0"])]
+        return servers
+    if kind == "tls":
         # The same servers with a certificate; libuv, epoll and plain tokio
         # have no TLS here: tokio-rustls is the floor.
         cert = ["--cert", paths["tls"]["cert"], "--key", paths["tls"]["key"]]
@@ -196,6 +212,9 @@ def run_one(name, argv, mode, pinned, args, paths):
             cmd = [paths["tls_loadgen"], "bulk", "--conns", mode[8:], "--ca", paths["tls"]["ca"]] + common + timing
         elif mode == "tls_handshake":
             cmd = [paths["tls_loadgen"], "handshake", "--ca", paths["tls"]["ca"]] + common + timing
+        elif mode == "framed":
+            # 64-byte payloads behind a 4-byte length prefix, to every server
+            cmd = gen + ["pingpong", "--conns", "50", "--size", "68", "--prefix"] + common + timing
         if mode != "idle":
             p = subprocess.run(gen_pin + cmd, capture_output=True, text=True, timeout=args.duration * 4 + 60)
             if p.returncode != 0:
@@ -245,7 +264,7 @@ COLUMNS = {
              ("kib_per_conn", "KiB/connection", "{:.2f}", True)],
 }
 COLUMNS["bulk8"] = COLUMNS["bulk1"]
-COLUMNS["pingpong1"] = COLUMNS["pingpong"]
+COLUMNS["pingpong1"] = COLUMNS["framed"] = COLUMNS["pingpong"]
 COLUMNS["tls_bulk1"] = COLUMNS["tls_bulk8"] = COLUMNS["bulk1"]
 COLUMNS["tls_handshake"] = [("cpu_us_per_handshake", "server CPU µs/handshake", "{:.1f}", True),
                             ("handshakes_per_s", "handshakes/s", "{:,.0f}", True)]
@@ -259,6 +278,8 @@ TITLES = {
     "tls_bulk1": "TLS bulk: 1 connection, every byte echoed and checked",
     "tls_bulk8": "TLS bulk: 8 connections",
     "tls_handshake": "TLS handshakes: connect, full handshake (no resumption), 1 byte each way, close (16 at a time)",
+    "framed": "framing: ping-pong, 50 connections, 64-byte payloads with a 4-byte length prefix "
+              "(netev: echoed unframed; -framed: cut into frames and echoed with send_frame)",
 }
 
 
@@ -347,6 +368,13 @@ def targets(res, modes):
                 b = med(res, TLS_BASE, mode, key)
                 check(f"{variant} {what} ≤ 1.1 × {TLS_BASE}", med(res, variant, mode, key),
                       b * 1.1 if b else None, lambda v, lim: v <= lim)
+    if "framed" in modes:
+        # Issue 12: framing costs at most 10 % over the same stream unframed.
+        for variant in ("netev", "netev-w1"):
+            b = med(res, variant, "framed", "cpu_us_per_rt")
+            check(f"{variant}-framed CPU µs/message ≤ 1.1 × {variant} unframed",
+                  med(res, f"{variant}-framed", "framed", "cpu_us_per_rt"), b * 1.1 if b else None,
+                  lambda v, lim: v <= lim)
     return "\n".join(out)
 
 
@@ -409,7 +437,7 @@ def main():
         res = all_results.setdefault(pss, {})
         for rnd in range(args.rounds):
             for mode in modes:
-                servers = server_commands(paths, pinned, mode in TLS_MODES)
+                servers = server_commands(paths, pinned, kind_of(mode))
                 if args.servers:
                     keep = args.servers.split(",")
                     servers = [s for s in servers if s[0] in keep]
@@ -444,6 +472,8 @@ def main():
         ratios.append("×libuv: median ÷ libuv's median")
     if tls:
         ratios.append(f"×{TLS_BASE} (TLS modes): median ÷ {TLS_BASE}'s median")
+    if "framed" in modes:
+        ratios.append("×netev (framing): median ÷ unframed netev's median (the targets pair -w1 with -w1)")
     ratios = "; ".join(ratios)
     print(f"rounds {args.rounds}, {args.duration:g} s measured per run (after {args.warmup:g} s warm-up); "
           f"cells: median (min–max over rounds); {ratios}")
@@ -453,7 +483,7 @@ def main():
         print(f"\n## {where}")
         for mode in modes:
             if mode in res:
-                servers = [s for s, _ in server_commands(paths, pss == "pinned", mode in TLS_MODES)]
+                servers = [s for s, _ in server_commands(paths, pss == "pinned", kind_of(mode))]
                 print(f"\n### {TITLES[mode].format(n=args.idle_conns)}\n")
                 print(table(res[mode], mode, servers, args))
         if pss == "pinned":

@@ -152,4 +152,14 @@ fn benchmark_suite_quick_run() {
             );
         }
     }
+    // Framing: netev framed against netev echoing the same stream unframed.
+    let at = stdout
+        .find("### framing")
+        .unwrap_or_else(|| panic!("no framing table in:\n{stdout}"));
+    for server in ["| netev ", "| netev-framed "] {
+        assert!(
+            stdout[at..].contains(server),
+            "no {server:?} row in the framing table"
+        );
+    }
 }
