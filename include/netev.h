@@ -684,9 +684,14 @@ enum netev_status netev_connection_options_init(struct netev_connection_options 
 /**
  * Opens a client connection to `address` (a host name, or an IPv4 or IPv6
  * literal) and `port`, and stores its handle in `*out`. Returns at once:
- * name lookup and connect run in the background, trying each address the
- * name resolves to in turn, all within `connection_timeout`. A failure
- * then arrives as ERROR and TERMINATE and lands in the errors list.
+ * name lookup and connect run in the background, all within
+ * `connection_timeout`. When the name has several addresses they are
+ * raced as RFC 8305 says: IPv6 first, then the families alternate; an
+ * attempt that has not connected within 250 ms (or that failed) gets the
+ * next address started beside it; the first to connect wins and the
+ * others are closed. With `bind_address`, only addresses of its family
+ * are tried. A failure then arrives as ERROR (the last attempt's reason)
+ * and TERMINATE, and lands in the errors list.
  *
  * `options` may be NULL for the defaults; netev copies it (its first
  * `size` bytes; fields past them take their defaults). The caller owns
