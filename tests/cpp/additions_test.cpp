@@ -640,6 +640,9 @@ static void local_address_and_bind() {
   CHECK_EQ(c.local_port(), log->local_port);
   CHECK_EQ(server.local_port(), listener.port());
   CHECK_EQ(server.port(), log->local_port);  // an accepted connection's port is the peer's
+  // Connected: the kernel knows a round-trip time (the handshake's).
+  CHECK(c.stats().rtt_us > 0);
+  CHECK(server.stats().rtt_us > 0);
   c.shutdown();
   CHECK(log->wait_terminated());
   CHECK(slog->wait_terminated());
@@ -647,6 +650,8 @@ static void local_address_and_bind() {
   CHECK_EQ(c.local_port(), std::uint16_t{0});
   CHECK_EQ(server.local_address(), std::string(""));
   CHECK_EQ(server.local_port(), std::uint16_t{0});
+  CHECK_EQ(c.stats().rtt_us, std::uint32_t{0});  // ended: unknown
+  CHECK_EQ(server.stats().rtt_us, std::uint32_t{0});
 
   // bind: another loopback address and a chosen port.
   std::uint16_t port = free_port("127.0.0.2");
