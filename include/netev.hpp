@@ -59,6 +59,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -111,6 +112,16 @@ struct ErrorInfo {
   int os_error = 0;
   std::string message;
   std::string component;  // "netev", "os", "dns"
+};
+
+// A connection's counters (netev_connection_stats), as stats() reads them.
+// Fields a library older than this header does not fill read 0.
+struct Stats {
+  std::uint64_t bytes_sent = 0;      // written to the socket (plain TCP), or plaintext handed to TLS
+  std::uint64_t bytes_received = 0;  // read from the socket (plain TCP), or plaintext out of TLS
+  std::uint64_t data_events = 0;     // DATA callbacks run
+  std::size_t buffered_amount = 0;   // as buffered_amount()
+  std::uint32_t rtt_us = 0;          // the kernel's smoothed RTT; 0 when unknown
 };
 
 // ---- the event --------------------------------------------------------------
@@ -238,6 +249,34 @@ class Connection;
 
 namespace detail {
 
+// A buffer lent to netev_connection_send_owned: netev frees it through
+// free() (its free_fn), exactly once, on any thread.
+template <class T>
+struct OwnedBuffer {
+  T value;
+  static void free(void *p) noexcept { delete static_cast<OwnedBuffer *>(p); }
+};
+
+// Moves `value` into an OwnedBuffer, whose bytes (`data_of(buffer's value)`,
+// `len`) netev then sends without copying. NETEV_OK: netev owns the buffer
+// (`value` is moved-from, and the buffer may already be freed). Any other
+// status: netev did not take it and `value` holds it again, untouched.
+template <class T, class DataOf>
+netev_status send_owned_buffer(netev_connection conn, T &value, std::size_t len, DataOf data_of) {
+  auto *b = new OwnedBuffer<T>{std::move(value)};
+  // After this call `b` belongs to netev: free() may run at once, on any
+  // thread, even before it returns. Only a failure leaves it ours.
+  netev_status st = netev_connection_send_owned(conn, data_of(b->value), len, &OwnedBuffer<T>::free, b);
+  if (st != NETEV_OK) {
+    value = std::move(b->value);
+    delete b;  // moved-from: frees nothing, calls no netev function
+  }
+  return st;
+}
+
+template <class T>
+constexpr bool is_byte = sizeof(T) == 1 && std::is_trivially_copyable<T>::value;
+
 // The operations on a connection handle, shared by the owning Connection
 // and the non-owning ConnectionRef. D provides handle().
 template <class D>
@@ -256,6 +295,77 @@ class ConnectionOps {
   netev_status try_send(const void *data, std::size_t len) const noexcept {
     return netev_connection_send(h(), data, len);
   }
+  // Zero-copy sends (netev_connection_send_owned): netev takes the buffer
+  // and reads it in place until it is written or dropped (close, error,
+  // runtime shutdown), then destroys it, exactly once, on any thread
+  // (a netev I/O thread, the dispatcher's, or this one, possibly before
+  // the call returns). Same limit, order and statuses as send(); sends
+  // under 4 KiB are copied and their buffer destroyed at once.
+  //
+  // On success the argument is moved-from: do not touch the bytes again.
+  // On failure (an exception, or a try_ status other than NETEV_OK) netev
+  // did not take it and the argument is left as it was, still the
+  // caller's. A custom deleter or allocator runs when netev frees it.
+  template <class Deleter>
+  void send_owned(std::unique_ptr<std::uint8_t[], Deleter> &&data, std::size_t len) const {
+    check(try_send_owned(std::move(data), len), "netev_connection_send_owned");
+  }
+  template <class T, class Alloc>
+  void send_owned(std::vector<T, Alloc> &&data) const {
+    check(try_send_owned(std::move(data)), "netev_connection_send_owned");
+  }
+  template <class Traits, class Alloc>
+  void send_owned(std::basic_string<char, Traits, Alloc> &&data) const {
+    check(try_send_owned(std::move(data)), "netev_connection_send_owned");
+  }
+  // The same without throwing NETEV_ERR_* (the buffer's own allocation
+  // may still throw std::bad_alloc, and then nothing was sent).
+  template <class Deleter>
+  netev_status try_send_owned(std::unique_ptr<std::uint8_t[], Deleter> &&data, std::size_t len) const {
+    return send_owned_buffer(h(), data, len, [](const std::unique_ptr<std::uint8_t[], Deleter> &p) {
+      return static_cast<const void *>(p.get());
+    });
+  }
+  template <class T, class Alloc>
+  netev_status try_send_owned(std::vector<T, Alloc> &&data) const {
+    static_assert(is_byte<T>, "send_owned sends vectors of bytes (uint8_t, char, std::byte)");
+    return send_owned_buffer(h(), data, data.size(), [](const std::vector<T, Alloc> &v) {
+      return static_cast<const void *>(v.data());
+    });
+  }
+  template <class Traits, class Alloc>
+  netev_status try_send_owned(std::basic_string<char, Traits, Alloc> &&data) const {
+    // data() of the string moved into the buffer: a short string's bytes move with it
+    return send_owned_buffer(h(), data, data.size(), [](const std::basic_string<char, Traits, Alloc> &s) {
+      return static_cast<const void *>(s.data());
+    });
+  }
+
+  // Sends `payload` (copied) as one frame of the connection's framing:
+  // after its big-endian length prefix, or followed by the delimiter; all
+  // of it is queued or none. Throws Error: INVALID_ARGUMENT without framing,
+  // for a payload containing the delimiter or too long for the prefix;
+  // CLOSED, BUFFER_FULL as send().
+  void send_frame(std::string_view payload) const { send_frame(payload.data(), payload.size()); }
+  void send_frame(const void *data, std::size_t len) const {
+    check(netev_connection_send_frame(h(), data, len), "netev_connection_send_frame");
+  }
+  netev_status try_send_frame(std::string_view payload) const noexcept {
+    return try_send_frame(payload.data(), payload.size());
+  }
+  netev_status try_send_frame(const void *data, std::size_t len) const noexcept {
+    return netev_connection_send_frame(h(), data, len);
+  }
+
+  // Receive-side flow control: after pause() no DATA or END arrives until
+  // resume() (a DATA callback already running finishes); netev stops
+  // reading, so the peer's bytes back up in the kernel and then block its
+  // sends. resume() delivers what was held back first, in order.
+  // Idempotent; from any thread and any callback.
+  void pause() const { check(netev_connection_pause(h()), "netev_connection_pause"); }
+  void resume() const { check(netev_connection_resume(h()), "netev_connection_resume"); }
+  bool paused() const { return get<bool>(netev_connection_paused, "netev_connection_paused"); }
+
   // Closes the write side once queued bytes are out; ends any wait.
   void shutdown() const { check(netev_connection_shutdown(h()), "netev_connection_shutdown"); }
   // Aborts now: unsent bytes are dropped; CLOSE and TERMINATE follow.
@@ -299,6 +409,33 @@ class ConnectionOps {
   }
   std::size_t buffered_amount() const {
     return get<std::size_t>(netev_connection_buffered_amount, "netev_connection_buffered_amount");
+  }
+  // The connection's own IP and port (getsockname): "" and 0 before the
+  // TCP connect completed and after the connection ended (read them in the
+  // CONNECTION callback to keep them). IPv4 never shows as ::ffff:.
+  std::string local_address() const {
+    char buf[NETEV_IP_TEXT_LEN];
+    std::size_t need = 0;
+    check(netev_connection_local_address(h(), buf, sizeof buf, &need), "netev_connection_local_address");
+    if (need < sizeof buf) return std::string(buf, need);
+    return text(netev_connection_local_address, "netev_connection_local_address");
+  }
+  std::uint16_t local_port() const {
+    return get<std::uint16_t>(netev_connection_local_port, "netev_connection_local_port");
+  }
+  // The counters (netev_connection_stats_get); readable after the end too,
+  // until released.
+  Stats stats() const {
+    netev_connection_stats s;
+    std::memset(&s, 0, sizeof s);
+    check(netev_connection_stats_get(h(), &s), "netev_connection_stats_get");
+    Stats out;
+    out.bytes_sent = s.bytes_sent;
+    out.bytes_received = s.bytes_received;
+    out.data_events = s.data_events;
+    out.buffered_amount = s.buffered_amount;
+    out.rtt_us = s.rtt_us;
+    return out;
   }
   // TLS: "TLSv1.3"/"TLSv1.2" ("" for plain TCP or before the handshake),
   // the ALPN protocol agreed on, the SNI name a server received, and the
@@ -383,15 +520,55 @@ struct Options {
   netev_dispatcher dispatcher = 0;    // Dispatcher::handle(); 0 = netev's threads
   netev_tls_config tls = 0;           // TlsConfig::handle(); 0 = plain TCP
   std::string server_name;            // client TLS: SNI and name checked; "" = the address
+  // Client: the local IP (IPv4 or IPv6 literal) and port to bind before
+  // connecting; "" / 0 = any. Accepted connections ignore them.
+  std::string bind_address;
+  std::uint16_t bind_port = 0;
+  // NETEV_FRAMING_NONE: DATA carries bytes as they arrive.
+  // NETEV_FRAMING_DELIMITER: each DATA one frame without `delimiter` (1 to
+  // 16 bytes; frames may be empty; a trailing partial frame comes at END).
+  // NETEV_FRAMING_LENGTH_PREFIX: each DATA one frame's payload, after a
+  // big-endian prefix of `length_prefix_bytes` (1, 2, 4 or 8; 0 = 4); END
+  // inside a frame is ERROR NETEV_ERR_PROTOCOL. A frame over `max_frame`
+  // bytes (0 = 1 MiB) is ERROR NETEV_ERR_PROTOCOL, then TERMINATE.
+  // delimited() and length_prefixed() set these together.
+  std::uint8_t framing = NETEV_FRAMING_NONE;
+  std::uint8_t length_prefix_bytes = 0;
+  std::string delimiter;  // bytes; "" = none
+  std::size_t max_frame = 0;
+
+  // bind_address and bind_port.
+  Options &bind(std::string address, std::uint16_t port = 0) {
+    bind_address = std::move(address);
+    bind_port = port;
+    return *this;
+  }
+  // Delimiter framing with `delim` (any bytes, e.g. "\r\n").
+  Options &delimited(std::string_view delim) {
+    framing = NETEV_FRAMING_DELIMITER;
+    length_prefix_bytes = 0;
+    delimiter.assign(delim.data(), delim.size());
+    return *this;
+  }
+  // Length-prefix framing with a `prefix_bytes` big-endian prefix.
+  Options &length_prefixed(std::uint8_t prefix_bytes = 4) {
+    framing = NETEV_FRAMING_LENGTH_PREFIX;
+    length_prefix_bytes = prefix_bytes;
+    delimiter.clear();
+    return *this;
+  }
 };
 using ConnectionOptions = Options;
 
 namespace detail {
 
 // The callbacks of one connection, owned by netev (user_data) and deleted
-// by user_data_free after TERMINATE.
+// by user_data_free after TERMINATE. It also holds the strings the C
+// options point at (bind_address, delimiter): a listener's accept callback
+// returns options that netev reads after it returned.
 struct ConnectionBlock {
   Handler on_connection, on_data, on_shutdown, on_error, on_terminate, on_drain, on_end;
+  std::string bind_address, delimiter;
 
   explicit ConnectionBlock(Options &&o)
       : on_connection(std::move(o.on_connection)),
@@ -400,7 +577,9 @@ struct ConnectionBlock {
         on_error(std::move(o.on_error)),
         on_terminate(std::move(o.on_terminate)),
         on_drain(std::move(o.on_drain)),
-        on_end(std::move(o.on_end)) {
+        on_end(std::move(o.on_end)),
+        bind_address(std::move(o.bind_address)),
+        delimiter(std::move(o.delimiter)) {
     live_blocks()++;
   }
   ~ConnectionBlock() { live_blocks()--; }
@@ -426,7 +605,16 @@ inline bool has_callbacks(const Options &o) noexcept {
          o.on_drain || o.on_end;
 }
 
-// The numbers of `o` into `c`; no callbacks, no user_data.
+// Points `c` at the bind address and delimiter strings (not copied).
+inline void point_strings(const std::string &bind_address, const std::string &delimiter,
+                          netev_connection_options &c) noexcept {
+  c.bind_address = bind_address.empty() ? nullptr : bind_address.c_str();
+  c.delimiter = delimiter.empty() ? nullptr : reinterpret_cast<const std::uint8_t *>(delimiter.data());
+  c.delimiter_len = delimiter.size();
+}
+
+// The numbers of `o` into `c`; no callbacks, no user_data. `c` borrows
+// o's bind_address and delimiter: `o` must outlive netev's reading of `c`.
 inline void write_numbers(const Options &o, netev_connection_options &c) noexcept {
   c.no_delay = o.no_delay;
   c.allow_half_open = o.allow_half_open;
@@ -436,6 +624,11 @@ inline void write_numbers(const Options &o, netev_connection_options &c) noexcep
   c.send_buffer_limit = o.send_buffer_limit;
   c.dispatcher = o.dispatcher;
   c.tls = o.tls;
+  point_strings(o.bind_address, o.delimiter, c);
+  c.bind_port = o.bind_port;
+  c.framing = o.framing;
+  c.length_prefix_bytes = o.length_prefix_bytes;
+  c.max_frame = o.max_frame;
   c.on_connection = c.on_data = c.on_shutdown = c.on_error = nullptr;
   c.on_terminate = c.on_drain = c.on_end = nullptr;
   c.user_data = nullptr;
@@ -443,18 +636,20 @@ inline void write_numbers(const Options &o, netev_connection_options &c) noexcep
 }
 
 // Fills `c` (already initialised) from `o`: the numbers, and the callbacks
-// in a new block that `c` owns from now on (via user_data_free). Returns
-// that block, or nullptr when there are no callbacks; the caller deletes it
-// only if netev refuses the options without taking it. Throws only
-// bad_alloc, and then leaves `c` without callbacks.
+// and strings in a new block that `c` owns from now on (via
+// user_data_free). Returns that block, or nullptr when there are neither
+// callbacks nor strings; the caller deletes it only if netev refuses the
+// options without taking it. Throws only bad_alloc, and then leaves `c`
+// without callbacks (pointing at o's strings).
 inline ConnectionBlock *fill(Options &&o, netev_connection_options &c) {
   write_numbers(o, c);
-  if (!has_callbacks(o)) return nullptr;
+  if (!has_callbacks(o) && o.bind_address.empty() && o.delimiter.empty()) return nullptr;
   using B = ConnectionBlock;
   bool con = bool(o.on_connection), data = bool(o.on_data), shut = bool(o.on_shutdown),
        err = bool(o.on_error), term = bool(o.on_terminate), drain = bool(o.on_drain),
        end = bool(o.on_end);
   auto *b = new B(std::move(o));
+  point_strings(b->bind_address, b->delimiter, c);  // moved into the block
   if (con) c.on_connection = &B::trampoline<&B::on_connection>;
   if (data) c.on_data = &B::trampoline<&B::on_data>;
   if (shut) c.on_shutdown = &B::trampoline<&B::on_shutdown>;
@@ -477,6 +672,13 @@ inline void read_numbers(const netev_connection_options &c, Options &o) noexcept
   o.send_buffer_limit = c.send_buffer_limit;
   o.dispatcher = c.dispatcher;
   o.tls = c.tls;
+  o.bind_address = c.bind_address ? c.bind_address : "";
+  o.bind_port = c.bind_port;
+  o.framing = c.framing;
+  o.length_prefix_bytes = c.length_prefix_bytes;
+  o.delimiter = c.delimiter ? std::string(reinterpret_cast<const char *>(c.delimiter), c.delimiter_len)
+                            : std::string();
+  o.max_frame = c.max_frame;
 }
 
 }  // namespace detail
@@ -508,8 +710,8 @@ class Connection : public detail::ConnectionOps<Connection> {
     netev_connection_options c;
     detail::check(netev_connection_options_init(&c), "netev_connection_options_init");
     std::unique_ptr<detail::ConnectionBlock> block(detail::fill(std::move(options), c));
-    // fill moved only the callbacks out: server_name is still ours, alive
-    // for the call (netev copies it)
+    // fill moved the callbacks and strings out, not server_name: it is
+    // still ours, alive for the call (netev copies it)
     if (!options.server_name.empty()) c.server_name = options.server_name.c_str();
     netev_connection h = 0;
     netev_status st = netev_connection_open(address.c_str(), port, &c, &h);
@@ -785,12 +987,12 @@ class Listener {
     c.dispatcher = options.dispatcher;
     // The numbers are validated by netev here (it copies them during the
     // call); the callbacks are added per connection by the accept
-    // trampoline.
+    // trampoline. `defaults` borrows the block's strings (moved there).
+    std::unique_ptr<detail::ListenerBlock> block(new detail::ListenerBlock(std::move(options)));
     netev_connection_options defaults;
     detail::check(netev_connection_options_init(&defaults), "netev_connection_options_init");
-    detail::write_numbers(options.connection_defaults, defaults);
+    detail::write_numbers(block->defaults, defaults);
     c.connection_defaults = &defaults;
-    std::unique_ptr<detail::ListenerBlock> block(new detail::ListenerBlock(std::move(options)));
     c.on_connection = &detail::ListenerBlock::accept;
     c.on_error = &detail::ListenerBlock::error;
     c.on_terminate = &detail::ListenerBlock::terminate;

@@ -93,4 +93,10 @@ macro_rules! cpp_tests {
     };
 }
 
-cpp_tests!(connection_test, listener_test, dispatcher_test, tls_test);
+cpp_tests!(
+    connection_test,
+    listener_test,
+    dispatcher_test,
+    tls_test,
+    additions_test,
+);

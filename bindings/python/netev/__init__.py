@@ -21,6 +21,11 @@ are module-level ctypes objects that live as long as the module. A client
 connection keeps running when its last Python reference is dropped; it ends
 on its own, or with close(), release() or shutdown_runtime().
 
+Zero-copy sends: :meth:`Connection.send_owned` lends netev a bytes-like
+object's buffer (PyObject_GetBuffer, through ``ctypes.pythonapi``: CPython)
+and gives it back (PyBuffer_Release) from netev's free function, which
+may run on any thread; until then the binding holds the object.
+
 Callback exceptions: an exception raised by a callback never reaches netev.
 It is appended to the object's ``callback_errors`` list (the newest 64 are
 kept) and handed to ``sys.unraisablehook`` (which pytest and custom hooks
@@ -56,6 +61,7 @@ from ctypes import (
     c_int,
     c_int32,
     c_size_t,
+    c_ssize_t,
     c_uint8,
     c_uint16,
     c_uint32,
@@ -87,7 +93,12 @@ __all__ = [
     "RuntimeShutdown",
     "InternalError",
     "TlsError",
+    "ProtocolError",
     "TlsConfig",
+    "Stats",
+    "FRAMING_NONE",
+    "FRAMING_DELIMITER",
+    "FRAMING_LENGTH_PREFIX",
     "Status",
     "shutdown_runtime",
     "init_runtime",
@@ -138,6 +149,12 @@ lib = _load()
 NETEV_IP_TEXT_LEN = 46
 NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS = 30
 NETEV_DEFAULT_SEND_BUFFER_LIMIT = 8 << 20
+#: netev_connection_options.framing: DATA carries bytes as they arrive.
+FRAMING_NONE = 0
+#: Each DATA is one frame, without its delimiter.
+FRAMING_DELIMITER = 1
+#: Each DATA is one frame's payload (after a big-endian length prefix).
+FRAMING_LENGTH_PREFIX = 2
 
 
 class Status:
@@ -160,6 +177,7 @@ class Status:
     ERR_SHUTDOWN = 14
     ERR_INTERNAL = 15
     ERR_TLS = 16
+    ERR_PROTOCOL = 17
 
 
 EVENT_CONNECTION = 1
@@ -227,6 +245,20 @@ class netev_connection_options(Structure):
         ("max_frame", c_size_t),
         ("tls", netev_tls_config),
         ("server_name", c_char_p),
+    ]
+
+
+netev_free_fn = CFUNCTYPE(None, c_void_p)
+
+
+class netev_connection_stats(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("bytes_sent", c_uint64),
+        ("bytes_received", c_uint64),
+        ("data_events", c_uint64),
+        ("buffered_amount", c_size_t),
+        ("rtt_us", c_uint32),
     ]
 
 
@@ -340,6 +372,14 @@ _SIGNATURES = {
     "netev_tls_client_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
     "netev_tls_server_config_create": (c_enum, [_P(netev_tls_options), _P(netev_tls_config)]),
     "netev_tls_config_release": (c_enum, [netev_tls_config]),
+    "netev_connection_pause": (c_enum, [netev_connection]),
+    "netev_connection_resume": (c_enum, [netev_connection]),
+    "netev_connection_paused": (c_enum, [netev_connection, _P(c_bool)]),
+    "netev_connection_local_address": (c_enum, [netev_connection, c_char_p, c_size_t, _P(c_size_t)]),
+    "netev_connection_local_port": (c_enum, [netev_connection, _P(c_uint16)]),
+    "netev_connection_send_owned": (c_enum, [netev_connection, c_void_p, c_size_t, netev_free_fn, c_void_p]),
+    "netev_connection_send_frame": (c_enum, [netev_connection, c_void_p, c_size_t]),
+    "netev_connection_stats_get_sized": (c_enum, [netev_connection, _P(netev_connection_stats), c_size_t]),
 }
 
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
@@ -443,6 +483,13 @@ class TlsError(NetevError):
     status = Status.ERR_TLS
 
 
+class ProtocolError(NetevError):
+    """The peer broke the connection's framing: a frame over ``max_frame``,
+    or the stream ended inside a length-prefixed frame."""
+
+    status = Status.ERR_PROTOCOL
+
+
 _EXCEPTIONS = {
     cls.status: cls
     for cls in (
@@ -462,6 +509,7 @@ _EXCEPTIONS = {
         RuntimeShutdown,
         InternalError,
         TlsError,
+        ProtocolError,
     )
 }
 
@@ -494,14 +542,17 @@ def _last_error_message() -> str:
 _tls = threading.local()
 
 
-def _call(fn, *args, ok=(Status.OK,)) -> int:
+def _call(fn, *args, ok=(Status.OK,), returned=None) -> int:
     """Calls a netev function; raises the status's exception unless it is in
     ``ok``; re-raises a KeyboardInterrupt/SystemExit from a callback that
-    ran on this thread meanwhile."""
+    ran on this thread meanwhile. ``returned(status)``, if given, learns the
+    status first, whatever is raised next."""
     depth = getattr(_tls, "depth", 0)
     _tls.depth = depth + 1
     try:
         status = fn(*args)
+        if returned is not None:
+            returned(status)
         message = _last_error_message() if status not in ok else ""
     finally:
         _tls.depth = depth
@@ -703,15 +754,30 @@ _OPTION_NAMES = (
     "dispatcher",
     "tls",
     "server_name",
+    "bind_address",
+    "bind_port",
+    "framing",
+    "length_prefix_bytes",
+    "delimiter",
+    "max_frame",
 )
+_FRAMING_NAMES = {
+    "none": FRAMING_NONE,
+    "delimiter": FRAMING_DELIMITER,
+    "length_prefix": FRAMING_LENGTH_PREFIX,
+}
 
 
 class _ConnEntry:
-    __slots__ = ("conn", "callbacks")
+    # keep: what the C options point at (strings, the delimiter), alive
+    # until user_data_free: a listener's accept callback returns options
+    # that netev reads after it returned.
+    __slots__ = ("conn", "callbacks", "keep")
 
-    def __init__(self, conn, callbacks):
+    def __init__(self, conn, callbacks, keep=()):
         self.conn = conn
         self.callbacks = callbacks
+        self.keep = keep
 
 
 class _ListenerEntry:
@@ -806,8 +872,8 @@ def _accept_trampoline(handle, event_p, user_data, options_p):
             conn = Connection._adopt(ev.connection, listener)
             token = next(_tokens)
             opts = options_p.contents
-            _fill_options(opts, spec, token, conn)
-            _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec))
+            keep = _fill_options(opts, spec, token, conn)
+            _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec), keep)
             return True
         except BaseException as exc:  # noqa: BLE001 - rejects the connection
             _report(exc, listener, "listener on_connection")
@@ -835,6 +901,72 @@ def _new_options(struct, init_sized):
     return opts
 
 
+Stats = collections.namedtuple("Stats", "bytes_sent bytes_received data_events buffered_amount rtt_us")
+Stats.__doc__ = """A connection's counters (netev_connection_stats): bytes written to and
+read from the socket (plaintext with TLS), DATA callbacks run, bytes queued
+but unsent, the kernel's smoothed RTT in microseconds (0 when unknown)."""
+
+
+# -- send_owned: lending a Python buffer to netev --------------------------------
+
+
+class _Py_buffer(Structure):
+    """CPython's Py_buffer (unchanged since 3.3; in the stable ABI since 3.11)."""
+
+    _fields_ = [
+        ("buf", c_void_p),
+        ("obj", c_void_p),
+        ("len", c_ssize_t),
+        ("itemsize", c_ssize_t),
+        ("readonly", c_int),
+        ("ndim", c_int),
+        ("format", c_void_p),
+        ("shape", c_void_p),
+        ("strides", c_void_p),
+        ("suboffsets", c_void_p),
+        ("internal", c_void_p),
+    ]
+
+
+_PyBUF_SIMPLE = 0  # contiguous bytes, read-only is fine
+# ctypes.pythonapi holds the GIL during the call and raises the Python
+# error a failing PyObject_GetBuffer sets (TypeError, BufferError).
+_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_PyObject_GetBuffer.argtypes = [ctypes.py_object, POINTER(_Py_buffer), c_int]
+_PyObject_GetBuffer.restype = c_int
+_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
+_PyBuffer_Release.argtypes = [POINTER(_Py_buffer)]
+_PyBuffer_Release.restype = None
+
+_owned_tokens = itertools.count(1)
+# token -> (Py_buffer, on_free): from the send_owned call until netev's free
+# function (or the call's failure) releases it. The Py_buffer holds a
+# reference to the object.
+_owned_registry: dict = {}
+
+
+def _owned_free_trampoline(free_arg):
+    # Any thread, with the GIL (ctypes takes it); exactly once per buffer
+    # netev took.
+    try:
+        entry = _owned_registry.pop(free_arg, None)
+        if entry is None:
+            return
+        view, on_free = entry
+        _PyBuffer_Release(byref(view))
+        if on_free is not None:
+            try:
+                on_free()
+            except BaseException as exc:  # noqa: BLE001
+                _report(exc, None, "send_owned on_free")
+    except BaseException as exc:  # noqa: BLE001 - nothing may reach C
+        _report(exc, None, "netev binding (send_owned free)")
+
+
+# Alive as long as the module, as the other C function pointers.
+_OWNED_FREE_CB = netev_free_fn(_owned_free_trampoline)
+
+
 def _callbacks_of(spec: dict) -> dict:
     return {name: spec[name] for name in _CALLBACK_NAMES if spec.get(name) is not None}
 
@@ -847,8 +979,22 @@ def _dispatcher_handle(d) -> int:
     return int(d)
 
 
-def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) -> None:
-    """Sets a (pre-initialised) netev_connection_options from keyword options."""
+def _uint(spec: dict, name: str, bits: int) -> int | None:
+    v = spec.get(name)
+    if v is None:
+        return None
+    v = int(v)
+    if not 0 <= v < (1 << bits):  # ctypes would silently wrap
+        raise _bad(f"{name} {v} is out of range 0..{(1 << bits) - 1}")
+    return v
+
+
+def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) -> list:
+    """Sets a (pre-initialised) netev_connection_options from keyword
+    options. Returns what its pointers point at, to keep alive until netev
+    copied it (the open call, or for an accepted connection the connection's
+    user_data_free)."""
+    keep = []
     for key in spec:
         if key not in _CALLBACK_NAMES and key not in _OPTION_NAMES:
             raise TypeError(f"unknown connection option {key!r}")
@@ -881,8 +1027,47 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
         t = spec["tls"]
         opts.tls = t.handle if isinstance(t, TlsConfig) else int(t)
     if spec.get("server_name") is not None:
-        # kept alive by the struct (ctypes holds the bytes) until the open
-        opts.server_name = _cstr(spec["server_name"], "server_name")
+        name = _cstr(spec["server_name"], "server_name")
+        keep.append(name)
+        opts.server_name = name
+    if spec.get("bind_address") is not None:
+        bind = _cstr(spec["bind_address"], "bind_address")
+        keep.append(bind)
+        opts.bind_address = bind
+    port = spec.get("bind_port")
+    if port is not None:
+        opts.bind_port = _port(port)
+    delimiter = spec.get("delimiter")
+    if delimiter is not None:
+        if isinstance(delimiter, str):
+            delimiter = _cstr(delimiter, "delimiter")
+        delimiter = bytes(memoryview(delimiter))  # bytes-like (not bytes(n): n zeros)
+        if delimiter:
+            buf = ctypes.create_string_buffer(delimiter, len(delimiter))
+            keep.append(buf)
+            opts.delimiter = ctypes.addressof(buf)
+        opts.delimiter_len = len(delimiter)
+    prefix = _uint(spec, "length_prefix_bytes", 8)
+    if prefix is not None:
+        opts.length_prefix_bytes = prefix
+    framing = spec.get("framing")
+    if isinstance(framing, str):
+        if framing not in _FRAMING_NAMES:
+            raise _bad(f"framing {framing!r}: one of {', '.join(_FRAMING_NAMES)}")
+        framing = _FRAMING_NAMES[framing]
+    elif framing is None:
+        # From the other fields: a delimiter or a prefix size names the framing.
+        if delimiter is not None:
+            framing = FRAMING_DELIMITER
+        elif prefix:
+            framing = FRAMING_LENGTH_PREFIX
+    if framing is not None:
+        spec = {**spec, "framing": framing}
+        opts.framing = _uint(spec, "framing", 8)
+    max_frame = _uint(spec, "max_frame", 64)
+    if max_frame is not None:
+        opts.max_frame = max_frame
+    return keep
 
 
 def _sliced(call, timeout):
@@ -961,12 +1146,32 @@ class Connection:
         dispatcher=None,
         tls=None,
         server_name: str | None = None,
+        bind_address: str | None = None,
+        bind_port: int = 0,
+        framing=None,
+        length_prefix_bytes: int = 0,
+        delimiter=None,
+        max_frame: int = 0,
     ) -> "Connection":
         """Opens a client connection (returns at once; connecting runs in
         the background). ``on_shutdown`` receives "close", as in 4D.
         ``tls``: a client :class:`TlsConfig` (CONNECTION then fires after
         the handshake; DATA is plaintext); ``server_name``: the name sent
-        (SNI) and verified, default ``address``."""
+        (SNI) and verified, default ``address``.
+
+        ``bind_address``/``bind_port``: the local IP and port to bind before
+        connecting (None/0: any).
+
+        Framing: ``delimiter`` (bytes, or str as UTF-8; 1 to 16 bytes) makes
+        each DATA one frame without it (frames may be empty; a trailing
+        partial frame comes at END); ``length_prefix_bytes`` (1, 2, 4 or 8)
+        makes each DATA one frame's payload after a big-endian length prefix
+        (END inside a frame: ERROR ProtocolError). ``framing``
+        (FRAMING_NONE/_DELIMITER/_LENGTH_PREFIX or "none"/"delimiter"/
+        "length_prefix") defaults to what those two name; a length prefix of
+        4 bytes is just ``framing="length_prefix"``. ``max_frame``: the
+        largest frame, in bytes (0: 1 MiB); a longer one is ERROR
+        ProtocolError, then TERMINATE. See :meth:`send_frame`."""
         spec = dict(
             on_connection=on_connection,
             on_data=on_data,
@@ -984,14 +1189,20 @@ class Connection:
             dispatcher=dispatcher,
             tls=tls,
             server_name=server_name,
+            bind_address=bind_address,
+            bind_port=bind_port,
+            framing=framing,
+            length_prefix_bytes=length_prefix_bytes,
+            delimiter=delimiter,
+            max_frame=max_frame,
         )
         addr = _cstr(address, "address")
         port = _port(port)
         conn = cls(0, refs=1)
         opts = _new_options(netev_connection_options, lib.netev_connection_options_init_sized)
         token = next(_tokens)
-        _fill_options(opts, spec, token, conn)
-        _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec))
+        keep = _fill_options(opts, spec, token, conn)
+        _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec), keep)
         out = netev_connection()
         try:
             _call(lib.netev_connection_open, addr, port, byref(opts), byref(out))
@@ -1013,6 +1224,78 @@ class Connection:
         if not isinstance(data, bytes):
             data = bytes(data)
         _call(lib.netev_connection_send, self._handle, data, len(data))
+
+    def send_owned(self, data, on_free=None) -> None:
+        """Sends ``data`` without copying it: netev reads the object's own
+        buffer (bytes, bytearray, a C-contiguous memoryview, array, mmap …)
+        until the bytes are written or dropped (close, an error, runtime
+        shutdown). The binding holds ``data`` (and a buffer export, so a
+        bytearray cannot be resized) until then; a writable buffer must
+        not be changed meanwhile. ``on_free()``, if given, is called once
+        when netev is done with it, on any thread (maybe this one, before
+        this returns). Sends under 4 KiB are copied and freed at once.
+
+        Raises as :meth:`send` does; then netev did not take the buffer and
+        ``on_free`` is never called. TypeError/BufferError for an object
+        without a contiguous buffer."""
+        if on_free is not None and not callable(on_free):
+            raise TypeError("on_free must be callable")
+        view = _Py_buffer()
+        _PyObject_GetBuffer(data, byref(view), _PyBUF_SIMPLE)
+        token = next(_owned_tokens)
+        _owned_registry[token] = (view, on_free)
+        taken = [False]
+
+        def returned(status):
+            taken[0] = status == Status.OK
+
+        try:
+            _call(
+                lib.netev_connection_send_owned,
+                self._handle,
+                view.buf,
+                view.len,
+                _OWNED_FREE_CB,
+                token,
+                returned=returned,
+            )
+        finally:
+            # Refused (or never called): netev never calls free_fn.
+            if not taken[0] and _owned_registry.pop(token, None) is not None:
+                _PyBuffer_Release(byref(view))
+
+    def send_frame(self, data) -> None:
+        """Sends ``data`` (bytes-like, copied) as one frame of the
+        connection's framing: after its big-endian length prefix, or
+        followed by the delimiter; all of it is queued, or none. Raises
+        InvalidArgument without framing, for a payload containing the
+        delimiter or too long for the prefix; ConnectionClosed, BufferFull
+        as :meth:`send`."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        _call(lib.netev_connection_send_frame, self._handle, data, len(data))
+
+    def pause(self) -> None:
+        """Stops reading: no DATA or END until :meth:`resume` (a DATA
+        callback already running finishes). The peer's bytes back up in the
+        kernel, then block its sends. Idempotent; any thread, any callback."""
+        _call(lib.netev_connection_pause, self._handle)
+
+    def resume(self) -> None:
+        """Reads again: what the pause held back comes first, in order."""
+        _call(lib.netev_connection_resume, self._handle)
+
+    @property
+    def paused(self) -> bool:
+        out = c_bool()
+        _call(lib.netev_connection_paused, self._handle, byref(out))
+        return out.value
+
+    def stats(self) -> "Stats":
+        """The connection's counters (readable after its end, until released)."""
+        s = netev_connection_stats()
+        _call(lib.netev_connection_stats_get_sized, self._handle, byref(s), ctypes.sizeof(s))
+        return Stats(s.bytes_sent, s.bytes_received, s.data_events, s.buffered_amount, s.rtt_us)
 
     def shutdown(self) -> None:
         """Closes the write side once queued bytes are out; ends any wait."""
@@ -1103,6 +1386,19 @@ class Connection:
             buf = ctypes.create_string_buffer(needed.value + 1)
             _call(fn, self._handle, buf, len(buf), byref(needed))
         return buf.value.decode("utf-8", "replace")
+
+    @property
+    def local_address(self) -> str:
+        """The connection's own IP (getsockname); "" before the TCP connect
+        completed and after the end (read it in CONNECTION to keep it)."""
+        return self._string(lib.netev_connection_local_address)
+
+    @property
+    def local_port(self) -> int:
+        """The connection's own port; 0 before connecting and after the end."""
+        out = c_uint16()
+        _call(lib.netev_connection_local_port, self._handle, byref(out))
+        return out.value
 
     @property
     def tls_version(self) -> str:

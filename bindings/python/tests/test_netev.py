@@ -165,6 +165,8 @@ def test_struct_layout_matches_header(tmp_path):
         netev.netev_listener_options,
         netev.netev_error_info,
         netev.netev_runtime_options,
+        netev.netev_connection_stats,
+        netev.netev_tls_options,
     ]
     lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "netev.h"', "int main(void) {"]
     expected = []
