@@ -378,7 +378,9 @@ pub extern "C" fn netev_connection_paused(conn: netev_connection, out: *mut bool
 /// (when the socket took everything at once, or `len` is 0). Sends under
 /// 4 KiB are copied (and freed at once): a zero-copy entry would cost more
 /// than the bytes. `free_fn` may be NULL for bytes that outlive the
-/// connection (static data).
+/// connection (static data). Like a callback, `free_fn` runs with no netev
+/// lock held and may call any netev function; every `free_fn` owed has
+/// run by the time netev_runtime_shutdown returns NETEV_OK.
 ///
 /// When it returns an error netev did not take the bytes and never calls
 /// `free_fn`: the caller still owns them.
@@ -418,8 +420,10 @@ pub extern "C" fn netev_connection_send_owned(
 /// delimiter, in one send (all of it is queued, or none). Limits, order
 /// and statuses are netev_connection_send's.
 /// Returns NETEV_ERR_INVALID_ARGUMENT without framing
-/// (NETEV_FRAMING_NONE), for a payload that contains the delimiter (the
-/// peer would read more than one frame), or one too long for the length
+/// (NETEV_FRAMING_NONE), for a payload the peer would not read back as
+/// this one frame (it contains the delimiter, or, with a delimiter that
+/// overlaps itself such as "\r\n\r\n", ends with part of one that
+/// would match first), or one too long for the length
 /// prefix (256 bytes or more with a 1-byte prefix, 65 536 with 2, 2^32
 /// with 4); NETEV_ERR_CLOSED, NETEV_ERR_BUFFER_FULL,
 /// NETEV_ERR_NULL_ARGUMENT (`data` NULL with `len` > 0),

@@ -122,10 +122,20 @@ impl Framing {
     pub fn envelope(&self, payload: &[u8]) -> Result<([u8; 8], usize, &[u8])> {
         match &self.kind {
             Kind::Delimiter(d) => {
-                if find(payload, d).is_some() {
+                // The peer cuts at the first delimiter it sees: it must be
+                // the one sent after the payload. Besides one inside the
+                // payload, a delimiter that overlaps itself ("\r\n\r\n",
+                // "--") can match earlier, starting in the payload's tail.
+                let tail = &payload[payload.len().saturating_sub(d.len() - 1)..];
+                let mut joint = [0u8; 2 * MAX_DELIMITER];
+                joint[..tail.len()].copy_from_slice(tail);
+                joint[tail.len()..tail.len() + d.len()].copy_from_slice(d);
+                if find(payload, d).is_some()
+                    || find(&joint[..tail.len() + d.len()], d) != Some(tail.len())
+                {
                     return Err(Error::invalid(
-                        "the frame contains the delimiter: the peer would read it as \
-                         more than one frame",
+                        "the frame contains the delimiter, or ends with the start of \
+                         it: the peer would not read it back as this one frame",
                     ));
                 }
                 Ok(([0; 8], 0, d))
@@ -459,6 +469,13 @@ mod tests {
         assert!(Framing::new(NETEV_FRAMING_NONE, 4, None, 0).is_err());
         assert_eq!(Framing::new(NETEV_FRAMING_NONE, 0, None, 5).unwrap(), None);
         assert!(delim(b"\n", 0).envelope(b"a\nb").is_err());
+        // A self-overlapping delimiter: "x\r\n" + "\r\n\r\n" would be cut at "x".
+        let d = delim(b"\r\n\r\n", 0);
+        assert!(d.envelope(b"x\r\n").is_err());
+        assert!(d.envelope(b"x\r").is_ok());
+        assert!(d.envelope(b"x\r\n\r").is_ok());
+        assert!(delim(b"--", 0).envelope(b"a-").is_err());
+        assert!(delim(b"ab", 0).envelope(b"a").is_ok());
     }
 
     #[test]

@@ -111,7 +111,9 @@ pub struct netev_connection_options {
     /// big-endian, counting the payload only; 0 = 4.
     pub length_prefix_bytes: u8,
     /// Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
-    /// copied at open. NULL with other framing.
+    /// copied at open (for options a listener's on_connection returns:
+    /// once the callback returned; the defaults it is handed point at
+    /// netev's own copy). NULL with other framing.
     pub delimiter: *const u8,
     /// The delimiter's length in bytes.
     pub delimiter_len: usize,
