@@ -309,6 +309,13 @@ static void on_terminate(netev_connection conn, const netev_event *e, void *user
   pthread_mutex_unlock(&p->lock);
 }
 
+static void on_listener_error(netev_listener listener, const netev_event *e, void *user_data) {
+  (void)listener;
+  (void)user_data;
+  /* e.g. out of file descriptors; netev keeps accepting with a back-off. */
+  fprintf(stderr, "proxy: accept failed: %s: %s\n", netev_status_name((int32_t)e->error), e->message);
+}
+
 static bool parse_port(const char *text, long min, long *out) {
   char *end;
   errno = 0;
@@ -378,6 +385,7 @@ int main(int argc, char **argv) {
   netev_listener_options options;
   check(netev_listener_options_init(&options), "listener_options_init");
   options.on_connection = on_incoming;
+  options.on_error = on_listener_error;
   options.connection_defaults = &defaults;
 
   netev_listener listener;
