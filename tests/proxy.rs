@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{root, run_bounded};
+use support::{as_from_a_shell, root, run_bounded};
 
 /// Builds the library (release) and the examples once for this file's
 /// tests; returns examples-c/build.
@@ -34,27 +34,7 @@ fn examples() -> &'static Path {
         make.arg("-C")
             .arg(root().join("examples-c"))
             .arg("build/proxy");
-        // What cargo sets for a test, and not for a build from a shell: the
-        // nested `cargo build --release` would see it as a change (ring's
-        // build script reads CARGO_MANIFEST_DIR and OUT_DIR), rebuild the
-        // library, and the next build from a shell would rebuild it again.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_")
-                || matches!(
-                    &*name,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "CARGO_RUSTC_CURRENT_DIR"
-                        | "OUT_DIR"
-                )
-            {
-                make.env_remove(&*name);
-            }
-        }
+        as_from_a_shell(&mut make);
         let done = run_bounded(&mut make, Duration::from_secs(600));
         assert!(
             done.status.is_some_and(|s| s.success()),
