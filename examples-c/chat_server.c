@@ -1,7 +1,7 @@
 /* chat_server: every line a client sends goes to all the other clients.
  *
  * Shows what a server does with state per connection and across them:
- * - per connection: a line buffer, allocated in the listener's
+ * - per connection: a small struct (its name), allocated in the listener's
  *   on_connection, handed to netev as the connection's user_data, and freed
  *   by netev through user_data_free after the connection's TERMINATE;
  * - across connections: the list of clients to broadcast to. Each is added
@@ -9,18 +9,21 @@
  *   handle stays valid for as long as it is in the list, and removed (and
  *   released) in its on_terminate.
  *
- * Input arrives in arbitrary pieces: a DATA event may hold half a line or
- * several lines, so bytes are gathered until a '\n'. Each complete line goes
- * out as "ip:port: line" to everyone else; a client that joins is greeted
- * with a "* welcome" line first. A line longer than 4 KiB is
- * refused by cutting that client off: memory stays bounded.
+ * Lines are netev's job, not ours: the connections use delimiter framing
+ * ("\n"), so each DATA event is exactly one line without its newline, however
+ * TCP sliced it, and a last line without '\n' still comes as a DATA when the
+ * client finishes. A line longer than 4 KiB (max_frame) is a protocol error:
+ * netev never holds more than that of it, reports ERROR NETEV_ERR_PROTOCOL
+ * and drops that client, so memory stays bounded. Each line goes out as
+ * "ip:port: line" to everyone else with netev_connection_send_frame, which
+ * adds the "\n"; a client that joins is greeted with a "* welcome" line first.
  *
  * Callbacks run on netev's I/O threads, concurrently for different clients,
- * so a mutex guards the list. The broadcast calls netev_connection_send (and
- * close) with that mutex held: netev allows it, since neither call ever runs
- * a callback before returning, so no callback of ours can try to take the
- * mutex again underneath. Holding it keeps every line in the same order for
- * every client, and the handles in the list alive while they are used.
+ * so a mutex guards the list. The broadcast calls netev_connection_send_frame
+ * (and close) with that mutex held: netev allows it, since neither call ever
+ * runs a callback before returning, so no callback of ours can try to take
+ * the mutex again underneath. Holding it keeps every line in the same order
+ * for every client, and the handles in the list alive while they are used.
  *
  * SIGINT or SIGTERM stops it like echo_server: main waits in poll() on a
  * self-pipe.
@@ -46,9 +49,7 @@
 
 typedef struct client {
   netev_connection conn;
-  char name[64]; /* "ip:port", or "[ipv6]:port" */
-  size_t len;    /* bytes of an unfinished line in `line` */
-  char line[MAX_LINE];
+  char name[64];       /* "ip:port", or "[ipv6]:port" */
   struct client *next; /* in the list, under `lock` */
   bool listed;
 } client;
@@ -74,16 +75,18 @@ static void on_signal(int sig) {
   errno = saved;
 }
 
-/* Sends "name: text\n" to every client but `from`. Called with `lock` held. */
+/* Sends "name: text" as one line to every client but `from`. Called with
+ * `lock` held. */
 static void broadcast_locked(const client *from, const char *text, size_t len) {
-  char msg[sizeof from->name + MAX_LINE + 3];
+  char msg[sizeof from->name + 2 + MAX_LINE];
   int head = snprintf(msg, sizeof msg, "%s: ", from->name);
-  memcpy(msg + head, text, len);
-  msg[(size_t)head + len] = '\n';
-  size_t total = (size_t)head + len + 1;
+  if (len > 0) memcpy(msg + head, text, len); /* an empty line's `text` may be NULL */
+  size_t total = (size_t)head + len;
   for (client *c = clients; c; c = c->next) {
     if (c == from) continue;
-    netev_status st = netev_connection_send(c->conn, msg, total);
+    /* One frame: netev appends the "\n". `text` came out of a frame, so it
+     * holds no '\n' and the peer reads exactly one line. */
+    netev_status st = netev_connection_send_frame(c->conn, msg, total);
     if (st == NETEV_ERR_BUFFER_FULL) {
       /* 8 MiB of chat queued for a client that does not read: drop it.
        * close returns at once; its CLOSE and TERMINATE come later, on its
@@ -135,49 +138,25 @@ static void on_connection(netev_connection conn, const netev_event *e, void *use
   /* From now on this client hears every line: say so, which also tells a
    * client (or a test) when it is safe to expect broadcasts. */
   char welcome[128];
-  int len = snprintf(welcome, sizeof welcome, "* welcome %s, %lu online\n", c->name, n);
-  netev_status st = netev_connection_send(conn, welcome, (size_t)len);
+  int len = snprintf(welcome, sizeof welcome, "* welcome %s, %lu online", c->name, n);
+  netev_status st = netev_connection_send_frame(conn, welcome, (size_t)len);
   if (st != NETEV_ERR_CLOSED) check(st, "send");
 }
 
+/* One DATA is one line, without its '\n' (delimiter framing): no buffer of
+ * our own, no searching for newlines, whatever pieces TCP delivered. */
 static void on_data(netev_connection conn, const netev_event *e, void *user_data) {
-  client *c = user_data;
-  /* No lock for c->line: callbacks of one connection never run at the same
-   * time, and no other connection touches this buffer. */
-  const char *p = (const char *)e->data, *end = p + e->data_len;
-  while (p < end) {
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
-    size_t n = (size_t)((nl ? nl : end) - p);
-    if (c->len + n > MAX_LINE) {
-      fprintf(stderr, "chat_server: %s sent a line longer than %d bytes: closing\n", c->name, MAX_LINE);
-      check(netev_connection_close(conn), "close");
-      return;
-    }
-    memcpy(c->line + c->len, p, n);
-    c->len += n;
-    if (!nl) break; /* the rest of this line comes in a later DATA event */
-    size_t len = c->len;
-    if (len > 0 && c->line[len - 1] == '\r') len--; /* telnet and friends end lines with \r\n */
-    pthread_mutex_lock(&lock);
-    broadcast_locked(c, c->line, len);
-    pthread_mutex_unlock(&lock);
-    c->len = 0;
-    p = nl + 1;
-  }
-}
-
-/* The client finished sending: a last line without '\n' still counts. */
-static void on_end(netev_connection conn, const netev_event *e, void *user_data) {
   (void)conn;
-  (void)e;
   client *c = user_data;
-  if (c->len == 0) return;
+  size_t len = e->data_len;
+  if (len > 0 && e->data[len - 1] == '\r') len--; /* telnet and friends end lines with \r\n */
   pthread_mutex_lock(&lock);
-  broadcast_locked(c, c->line, c->len);
+  broadcast_locked(c, (const char *)e->data, len);
   pthread_mutex_unlock(&lock);
-  c->len = 0;
 }
 
+/* NETEV_ERR_PROTOCOL here is a line over max_frame: netev already dropped
+ * the client (TERMINATE follows), having kept at most 4 KiB of it. */
 static void on_error(netev_connection conn, const netev_event *e, void *user_data) {
   (void)conn;
   client *c = user_data;
@@ -254,10 +233,15 @@ int main(int argc, char **argv) {
   check(netev_connection_options_init(&defaults), "connection_options_init");
   defaults.on_connection = on_connection;
   defaults.on_data = on_data;
-  defaults.on_end = on_end;
   defaults.on_error = on_error;
   defaults.on_terminate = on_terminate;
   defaults.no_delay = true;
+  /* Each DATA is one line. delimiter is copied at listener_open, like the
+   * rest of the defaults. */
+  defaults.framing = NETEV_FRAMING_DELIMITER;
+  defaults.delimiter = (const uint8_t *)"\n";
+  defaults.delimiter_len = 1;
+  defaults.max_frame = MAX_LINE;
 
   netev_listener_options options;
   check(netev_listener_options_init(&options), "listener_options_init");

@@ -7,6 +7,8 @@
 //! and every wait is bounded. curl, socat and python3 must be installed:
 //! .ci/run installs them when missing.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,9 +28,11 @@ fn examples() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let out = run_bounded(
-            Command::new("make")
-                .arg("-C")
-                .arg(root().join("examples-c")),
+            support::as_from_a_shell(
+                Command::new("make")
+                    .arg("-C")
+                    .arg(root().join("examples-c")),
+            ),
             Duration::from_secs(600),
         );
         assert!(

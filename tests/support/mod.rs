@@ -196,3 +196,30 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
     }
 }
+
+/// Removes from `cmd`'s environment what cargo sets for a test and a shell
+/// does not have, for a command that runs cargo again (`make -C
+/// examples-c` builds the release library): the nested build would see
+/// those variables as a change (ring's build script reads
+/// CARGO_MANIFEST_DIR and OUT_DIR), rebuild the library, and the next build
+/// from a shell would rebuild it once more.
+pub fn as_from_a_shell(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
