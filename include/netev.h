@@ -330,7 +330,8 @@ typedef struct netev_connection_options {
   /**
    * NETEV_FRAMING_NONE (0): DATA carries bytes as they arrive.
    * NETEV_FRAMING_DELIMITER (1): each DATA is one frame without its
-   * delimiter (frames may be empty); at END a trailing partial frame
+   * delimiter (an empty frame is a DATA with `data` NULL and
+   * `data_len` 0); at END a trailing partial frame
    * comes as a last DATA. NETEV_FRAMING_LENGTH_PREFIX (2): each DATA is
    * one frame's payload; END inside a frame is ERROR
    * NETEV_ERR_PROTOCOL. A frame over `max_frame` is ERROR
@@ -346,7 +347,7 @@ typedef struct netev_connection_options {
    * Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
    * copied at open (for options a listener's on_connection returns:
    * once the callback returned; the defaults it is handed point at
-   * netev's own copy). NULL with other framing.
+   * netev's own copy). Must be NULL with other framing.
    */
   const uint8_t *delimiter;
   /**
@@ -770,7 +771,10 @@ enum netev_status netev_connection_shutdown(netev_connection conn);
  * comes, and so do CLOSE or ERROR and TERMINATE if the connection ends
  * meanwhile (after the DATA that waited). idle_timeout does not count
  * time spent paused. Idempotent; from any thread and any callback; the
- * log says "paused".
+ * log says "paused". For back-pressure between two connections (a
+ * proxy), pause the reading side when a send to the other returns
+ * NETEV_ERR_BUFFER_FULL and resume it on the other's DRAIN, which only
+ * follows a refused send (see examples-c/proxy.c).
  * Returns NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_pause(netev_connection conn);

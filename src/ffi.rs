@@ -339,7 +339,10 @@ pub extern "C" fn netev_connection_shutdown(conn: netev_connection) -> netev_sta
 /// comes, and so do CLOSE or ERROR and TERMINATE if the connection ends
 /// meanwhile (after the DATA that waited). idle_timeout does not count
 /// time spent paused. Idempotent; from any thread and any callback; the
-/// log says "paused".
+/// log says "paused". For back-pressure between two connections (a
+/// proxy), pause the reading side when a send to the other returns
+/// NETEV_ERR_BUFFER_FULL and resume it on the other's DRAIN, which only
+/// follows a refused send (see examples-c/proxy.c).
 /// Returns NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_pause(conn: netev_connection) -> netev_status {

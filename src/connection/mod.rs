@@ -101,7 +101,8 @@ pub struct netev_connection_options {
     pub bind_port: u16,
     /// NETEV_FRAMING_NONE (0): DATA carries bytes as they arrive.
     /// NETEV_FRAMING_DELIMITER (1): each DATA is one frame without its
-    /// delimiter (frames may be empty); at END a trailing partial frame
+    /// delimiter (an empty frame is a DATA with `data` NULL and
+    /// `data_len` 0); at END a trailing partial frame
     /// comes as a last DATA. NETEV_FRAMING_LENGTH_PREFIX (2): each DATA is
     /// one frame's payload; END inside a frame is ERROR
     /// NETEV_ERR_PROTOCOL. A frame over `max_frame` is ERROR
@@ -113,7 +114,7 @@ pub struct netev_connection_options {
     /// Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
     /// copied at open (for options a listener's on_connection returns:
     /// once the callback returned; the defaults it is handed point at
-    /// netev's own copy). NULL with other framing.
+    /// netev's own copy). Must be NULL with other framing.
     pub delimiter: *const u8,
     /// The delimiter's length in bytes.
     pub delimiter_len: usize,
