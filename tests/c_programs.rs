@@ -281,6 +281,7 @@ c_tests!(
     mem_send_streaming,
     mem_slow_reader,
     mem_trickle_dispatcher,
+    mem_tiny_frames_dispatcher,
     log_callback_reentry,
     dispatcher_release_in_callback,
     dispatcher_wake_rules,

@@ -31,6 +31,11 @@ pub(super) struct Outbox {
 /// and faulting in fresh pages for every delivery.
 const DATA_CHUNK: usize = crate::dispatch::BUFFER_SIZE;
 
+/// What one waiting DATA costs besides its bytes (its queue slot, its
+/// allocation's header and slack), counted against the receive limit: a
+/// peer sending empty or tiny frames must not queue a million of them.
+const ENTRY_COST: usize = 128;
+
 enum Pending {
     Data(Vec<u8>),
     Event(EventType, Option<Error>, After),
@@ -100,9 +105,13 @@ impl Connection {
                     _ if (DATA_CHUNK / 2..=DATA_CHUNK).contains(&data.len()) => {
                         let mut buf = d.buffer();
                         buf.extend_from_slice(data);
+                        out.undelivered += ENTRY_COST;
                         out.events.push_back(Pending::Data(buf));
                     }
-                    _ => out.events.push_back(Pending::Data(data.to_vec())),
+                    _ => {
+                        out.undelivered += ENTRY_COST;
+                        out.events.push_back(Pending::Data(data.to_vec()));
+                    }
                 }
             }
             // One DRAIN waiting says all a later one would.
@@ -289,7 +298,7 @@ impl Mailbox for Connection {
                 let ran = self.invoke(EventType::NETEV_EVENT_DATA, &bytes, None, After::Nothing);
                 let mut out = self.outbox.lock();
                 let was_full = out.undelivered >= UNDELIVERED_LIMIT;
-                out.undelivered -= bytes.len();
+                out.undelivered -= bytes.len() + ENTRY_COST;
                 if was_full && out.undelivered < UNDELIVERED_LIMIT {
                     drop(out);
                     // The loop stopped reading for lack of room: resume.

@@ -673,7 +673,9 @@ impl Connection {
                         // each read.
                         return None;
                     }
-                    if self.paused() || self.lock().close_requested {
+                    // A pause, a close, or (dispatcher) the receive limit:
+                    // the rest waits, at most one read's worth.
+                    if self.paused() || !self.receive_room() || self.lock().close_requested {
                         f.held.extend_from_slice(input);
                         return Some(Read::Drained);
                     }
