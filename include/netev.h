@@ -66,6 +66,11 @@
 #define NETEV_FRAMING_LENGTH_PREFIX 2
 
 /**
+ * Bytes `send` may queue when `send_buffer_limit` is 0.
+ */
+#define NETEV_UDP_DEFAULT_SEND_BUFFER_LIMIT (1 << 20)
+
+/**
  * Result of every netev call that can fail. The numbers are fixed forever,
  * so bindings can use them without this header; a number is never reused.
  */
@@ -623,6 +628,75 @@ typedef struct netev_tls_options {
    */
   bool tls13_only;
 } netev_tls_options;
+
+/**
+ * A UDP socket handle. 0 is never valid.
+ */
+typedef uint64_t netev_udp_socket;
+
+/**
+ * Receives one event of a UDP socket. `event` is borrowed until the
+ * callback returns; `event->connection` is the socket's handle.
+ */
+typedef void (*netev_udp_callback)(netev_udp_socket sock,
+                                   const struct netev_event *event,
+                                   void *user_data);
+
+/**
+ * How a UDP socket behaves. Fill it with `netev_udp_options_init`, then
+ * set what you need; netev copies it during `netev_udp_open` (its first
+ * `size` bytes: see "Versions" at the end of this header).
+ */
+typedef struct netev_udp_options {
+  /**
+   * sizeof(netev_udp_options) as the host's header declares it, set by
+   * netev_udp_options_init.
+   */
+  uint32_t size;
+  /**
+   * DATA: one datagram; `ip` and `port` are its sender's.
+   */
+  netev_udp_callback on_data;
+  /**
+   * ERROR: a send failed or a name did not resolve; the socket goes on.
+   */
+  netev_udp_callback on_error;
+  /**
+   * TERMINATE: the last event, once, after close, release or runtime
+   * shutdown.
+   */
+  netev_udp_callback on_terminate;
+  /**
+   * Passed to every callback; the host owns it.
+   */
+  void *user_data;
+  /**
+   * Called once with `user_data` after TERMINATE; may be NULL.
+   */
+  netev_user_data_free user_data_free;
+  /**
+   * The local IP to bind (copied); NULL = all interfaces, IPv6 and IPv4
+   * (IPv4 alone where the machine has no IPv6).
+   */
+  const char *bind_address;
+  /**
+   * SO_REUSEPORT: several sockets may bind the same port.
+   */
+  bool reuse_port;
+  /**
+   * SO_BROADCAST: sends to broadcast addresses are allowed.
+   */
+  bool broadcast;
+  /**
+   * Bytes of datagrams queued but not yet sent before send gives
+   * NETEV_ERR_BUFFER_FULL; 0 = 1 MiB.
+   */
+  size_t send_buffer_limit;
+  /**
+   * Dispatcher that runs the callbacks; 0 = netev's own I/O threads.
+   */
+  netev_dispatcher dispatcher;
+} netev_udp_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1337,6 +1411,137 @@ enum netev_status netev_tls_server_config_create(const struct netev_tls_options 
  */
 enum netev_status netev_tls_config_release(netev_tls_config config);
 
+/**
+ * Fills the `size` bytes at `options` with the defaults — callbacks,
+ * pointers and handles NULL/0, `reuse_port` and `broadcast` false,
+ * `send_buffer_limit` 0 (1 MiB), zeros for fields this library does not
+ * know — and sets `options->size` to `size`, as
+ * netev_connection_options_init_sized does.
+ * Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+ * NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version or
+ * above NETEV_OPTIONS_SIZE_MAX).
+ */
+enum netev_status netev_udp_options_init_sized(struct netev_udp_options *options, size_t size);
+
+/**
+ * netev_udp_options_init_sized with this library's own
+ * sizeof(netev_udp_options), for bindings that mirror this version's
+ * header exactly; in C and C++ the macro of the same name replaces calls
+ * to it. Returns NETEV_ERR_NULL_ARGUMENT.
+ */
+enum netev_status netev_udp_options_init(struct netev_udp_options *options);
+
+/**
+ * Opens a UDP socket on `port` (0 = a free one: see netev_udp_port) and
+ * stores its handle in `*out`. The socket is bound when this returns (a
+ * port in use fails here); datagrams are read in the background, one DATA
+ * per datagram (never merged or split, up to 65 535 bytes; an empty one
+ * is a DATA with `data` NULL and `data_len` 0) with the sender's `ip` and
+ * `port`. With `bind_address` NULL it listens on every interface, IPv6
+ * and IPv4 (an IPv4 sender shows as "a.b.c.d", never "::ffff:").
+ *
+ * `options` may be NULL for the defaults; netev copies it. The caller
+ * owns the handle and gives it back with netev_udp_release. Callbacks run
+ * on netev's I/O threads, or on the thread that runs the dispatcher named
+ * in `options`; they never overlap. ERROR events (a send the OS refused,
+ * a name that did not resolve) do not end the socket; TERMINATE is last
+ * and once, after netev_udp_close, netev_udp_release or runtime shutdown.
+ *
+ * A dispatcher-bound socket whose host does not dispatch holds at most
+ * 1 MiB of undelivered datagrams (counting 128 bytes of bookkeeping
+ * each); past it netev stops reading and the kernel drops what comes.
+ *
+ * Returns NETEV_ERR_NULL_ARGUMENT (`out` NULL), NETEV_ERR_INVALID_ARGUMENT
+ * (a `bind_address` that is no IP address, invalid UTF-8, a bool other
+ * than 0 or 1, a bad `size`), NETEV_ERR_INVALID_HANDLE (`dispatcher`),
+ * NETEV_ERR_ADDRESS_IN_USE and other OS errors from bind,
+ * NETEV_ERR_SHUTDOWN (forked child). When it fails no callback fires.
+ */
+enum netev_status netev_udp_open(uint16_t port,
+                                 const struct netev_udp_options *options,
+                                 netev_udp_socket *out);
+
+/**
+ * Sends a copy of `len` bytes at `data` as one datagram to `host` (an IP
+ * literal, or a name resolved in the background: the datagram waits,
+ * after those sent before it, until the name resolves; a resolved name is
+ * kept 30 s) and `port`. Datagrams leave in the order sent. With nothing
+ * queued it goes out on the calling thread. `data` may be NULL when `len`
+ * is 0 (an empty datagram). A name that does not resolve gives an ERROR
+ * event (NETEV_ERR_HOST_NOT_FOUND) and its datagrams are dropped; the
+ * socket goes on.
+ * Returns NETEV_ERR_INVALID_ARGUMENT (a datagram over 65 507 bytes, or
+ * 65 527 to an IPv6 literal; port 0; an empty host; an address of a
+ * family the socket cannot reach; invalid UTF-8), NETEV_ERR_BUFFER_FULL
+ * (the queued bytes plus `len` would pass `send_buffer_limit`; nothing is
+ * queued, and no DRAIN follows: a later send may succeed),
+ * NETEV_ERR_CLOSED (after close), an OS error refusing it at once (e.g.
+ * NETEV_ERR_PERMISSION_DENIED for a broadcast address without
+ * `broadcast`), NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE. Each
+ * refusal is also in the socket's errors list.
+ */
+enum netev_status netev_udp_send(netev_udp_socket sock,
+                                 const void *data,
+                                 size_t len,
+                                 const char *host,
+                                 uint16_t port);
+
+/**
+ * The port the socket is bound to (the one picked for port 0).
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_udp_port(netev_udp_socket sock, uint16_t *out);
+
+/**
+ * Joins the multicast group `group` (an IPv4 or IPv6 multicast address)
+ * on the interface with IPv4 address `interface_address` (NULL = the
+ * default interface; IPv6 groups take NULL only).
+ * Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a bad
+ * interface address), an OS error when the machine does not allow it,
+ * NETEV_ERR_CLOSED, NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_udp_join_multicast(netev_udp_socket sock,
+                                           const char *group,
+                                           const char *interface_address);
+
+/**
+ * Leaves a group joined with netev_udp_join_multicast; the same statuses.
+ */
+enum netev_status netev_udp_leave_multicast(netev_udp_socket sock,
+                                            const char *group,
+                                            const char *interface_address);
+
+/**
+ * Stops the socket: it is closed when this returns (its port is free for
+ * another bind), queued datagrams are dropped, and TERMINATE follows.
+ * Calling it again is harmless. The handle stays valid until released.
+ * Returns NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_udp_close(netev_udp_socket sock);
+
+/**
+ * Gives back the caller's handle; closes the socket first if it is still
+ * open (TERMINATE follows). The handle is invalid once this returned and
+ * TERMINATE was delivered. Returns NETEV_ERR_INVALID_HANDLE (also on a
+ * second release).
+ */
+enum netev_status netev_udp_release(netev_udp_socket sock);
+
+/**
+ * How many entries the socket's errors list holds (the newest 64).
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ */
+enum netev_status netev_udp_error_count(netev_udp_socket sock, size_t *out);
+
+/**
+ * Copies entry `index` (0 = oldest) of the errors list into `*out`.
+ * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+ * NETEV_ERR_INVALID_ARGUMENT when `index` >= the error count.
+ */
+enum netev_status netev_udp_error_at(netev_udp_socket sock,
+                                     size_t index,
+                                     struct netev_error_info *out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -1390,6 +1595,8 @@ enum netev_status netev_tls_config_release(netev_tls_config config);
   netev_runtime_options_init_sized((options), sizeof(netev_runtime_options))
 #define netev_tls_options_init(options) \
   netev_tls_options_init_sized((options), sizeof(netev_tls_options))
+#define netev_udp_options_init(options) \
+  netev_udp_options_init_sized((options), sizeof(netev_udp_options))
 
 /* Fills `out` with the connection's counters, as much of the struct as
  * this header declares (see netev_connection_stats_get_sized). */

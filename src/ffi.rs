@@ -14,6 +14,7 @@ use crate::registry::{netev_connection, netev_dispatcher, netev_listener};
 use crate::runtime::{self, netev_runtime_options};
 use crate::send_queue::{Owned, netev_free_fn};
 use crate::tls::{TlsConfig, TlsInput, netev_tls_config, netev_tls_options};
+use crate::udp::{UdpSocket, netev_udp_options, netev_udp_socket};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
@@ -1246,5 +1247,223 @@ pub extern "C" fn netev_tls_config_release(config: netev_tls_config) -> netev_st
     boundary(|| {
         TlsConfig::get(config)?.release();
         Ok(())
+    })
+}
+
+// ----- UDP sockets --------------------------------------------------------
+
+/// Fills the `size` bytes at `options` with the defaults — callbacks,
+/// pointers and handles NULL/0, `reuse_port` and `broadcast` false,
+/// `send_buffer_limit` 0 (1 MiB), zeros for fields this library does not
+/// know — and sets `options->size` to `size`, as
+/// netev_connection_options_init_sized does.
+/// Returns NETEV_ERR_NULL_ARGUMENT (`options` NULL),
+/// NETEV_ERR_INVALID_ARGUMENT (`size` below the struct's first version or
+/// above NETEV_OPTIONS_SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_options_init_sized(
+    options: *mut netev_udp_options,
+    size: usize,
+) -> netev_status {
+    boundary(|| abi::init_sized(options, size, "options"))
+}
+
+/// netev_udp_options_init_sized with this library's own
+/// sizeof(netev_udp_options), for bindings that mirror this version's
+/// header exactly; in C and C++ the macro of the same name replaces calls
+/// to it. Returns NETEV_ERR_NULL_ARGUMENT.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_options_init(options: *mut netev_udp_options) -> netev_status {
+    netev_udp_options_init_sized(options, std::mem::size_of::<netev_udp_options>())
+}
+
+/// Opens a UDP socket on `port` (0 = a free one: see netev_udp_port) and
+/// stores its handle in `*out`. The socket is bound when this returns (a
+/// port in use fails here); datagrams are read in the background, one DATA
+/// per datagram (never merged or split, up to 65 535 bytes; an empty one
+/// is a DATA with `data` NULL and `data_len` 0) with the sender's `ip` and
+/// `port`. With `bind_address` NULL it listens on every interface, IPv6
+/// and IPv4 (an IPv4 sender shows as "a.b.c.d", never "::ffff:").
+///
+/// `options` may be NULL for the defaults; netev copies it. The caller
+/// owns the handle and gives it back with netev_udp_release. Callbacks run
+/// on netev's I/O threads, or on the thread that runs the dispatcher named
+/// in `options`; they never overlap. ERROR events (a send the OS refused,
+/// a name that did not resolve) do not end the socket; TERMINATE is last
+/// and once, after netev_udp_close, netev_udp_release or runtime shutdown.
+///
+/// A dispatcher-bound socket whose host does not dispatch holds at most
+/// 1 MiB of undelivered datagrams (counting 128 bytes of bookkeeping
+/// each); past it netev stops reading and the kernel drops what comes.
+///
+/// Returns NETEV_ERR_NULL_ARGUMENT (`out` NULL), NETEV_ERR_INVALID_ARGUMENT
+/// (a `bind_address` that is no IP address, invalid UTF-8, a bool other
+/// than 0 or 1, a bad `size`), NETEV_ERR_INVALID_HANDLE (`dispatcher`),
+/// NETEV_ERR_ADDRESS_IN_USE and other OS errors from bind,
+/// NETEV_ERR_SHUTDOWN (forked child). When it fails no callback fires.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_open(
+    port: u16,
+    options: *const netev_udp_options,
+    out: *mut netev_udp_socket,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let o = read_options(options, "options")?;
+        let bind_address = match o.bind_address.is_null() {
+            true => None,
+            false => Some(text(o.bind_address, "bind_address")?),
+        };
+        UdpSocket::open(port, &o, bind_address, |id| {
+            let _ = put(out, "out", id);
+        })?;
+        Ok(())
+    })
+}
+
+/// Sends a copy of `len` bytes at `data` as one datagram to `host` (an IP
+/// literal, or a name resolved in the background: the datagram waits,
+/// after those sent before it, until the name resolves; a resolved name is
+/// kept 30 s) and `port`. Datagrams leave in the order sent. With nothing
+/// queued it goes out on the calling thread. `data` may be NULL when `len`
+/// is 0 (an empty datagram). A name that does not resolve gives an ERROR
+/// event (NETEV_ERR_HOST_NOT_FOUND) and its datagrams are dropped; the
+/// socket goes on.
+/// Returns NETEV_ERR_INVALID_ARGUMENT (a datagram over 65 507 bytes, or
+/// 65 527 to an IPv6 literal; port 0; an empty host; an address of a
+/// family the socket cannot reach; invalid UTF-8), NETEV_ERR_BUFFER_FULL
+/// (the queued bytes plus `len` would pass `send_buffer_limit`; nothing is
+/// queued, and no DRAIN follows: a later send may succeed),
+/// NETEV_ERR_CLOSED (after close), an OS error refusing it at once (e.g.
+/// NETEV_ERR_PERMISSION_DENIED for a broadcast address without
+/// `broadcast`), NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE. Each
+/// refusal is also in the socket's errors list.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_send(
+    sock: netev_udp_socket,
+    data: *const c_void,
+    len: usize,
+    host: *const c_char,
+    port: u16,
+) -> netev_status {
+    boundary(|| {
+        let s = UdpSocket::get(sock)?;
+        let host = text(host, "host").map_err(|e| s.refuse_call(e))?;
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            need(data, "data")?;
+            check_size(len, "len").map_err(|e| s.refuse_call(e))?;
+            // SAFETY: non-NULL was checked; the host promises `len`
+            // readable bytes at `data` for the duration of the call.
+            unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
+        };
+        s.send(bytes, host, port)
+    })
+}
+
+/// The port the socket is bound to (the one picked for port 0).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_port(sock: netev_udp_socket, out: *mut u16) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let s = UdpSocket::get(sock)?;
+        put(out, "out", s.port())
+    })
+}
+
+/// Joins the multicast group `group` (an IPv4 or IPv6 multicast address)
+/// on the interface with IPv4 address `interface_address` (NULL = the
+/// default interface; IPv6 groups take NULL only).
+/// Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a bad
+/// interface address), an OS error when the machine does not allow it,
+/// NETEV_ERR_CLOSED, NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_join_multicast(
+    sock: netev_udp_socket,
+    group: *const c_char,
+    interface_address: *const c_char,
+) -> netev_status {
+    multicast(sock, group, interface_address, true)
+}
+
+/// Leaves a group joined with netev_udp_join_multicast; the same statuses.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_leave_multicast(
+    sock: netev_udp_socket,
+    group: *const c_char,
+    interface_address: *const c_char,
+) -> netev_status {
+    multicast(sock, group, interface_address, false)
+}
+
+fn multicast(
+    sock: netev_udp_socket,
+    group: *const c_char,
+    interface_address: *const c_char,
+    join: bool,
+) -> netev_status {
+    boundary(|| {
+        let s = UdpSocket::get(sock)?;
+        let group = text(group, "group").map_err(|e| s.refuse_call(e))?;
+        let interface = match interface_address.is_null() {
+            true => None,
+            false => {
+                Some(text(interface_address, "interface_address").map_err(|e| s.refuse_call(e))?)
+            }
+        };
+        s.multicast(group, interface, join)
+    })
+}
+
+/// Stops the socket: it is closed when this returns (its port is free for
+/// another bind), queued datagrams are dropped, and TERMINATE follows.
+/// Calling it again is harmless. The handle stays valid until released.
+/// Returns NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_close(sock: netev_udp_socket) -> netev_status {
+    boundary(|| {
+        UdpSocket::get(sock)?.close();
+        Ok(())
+    })
+}
+
+/// Gives back the caller's handle; closes the socket first if it is still
+/// open (TERMINATE follows). The handle is invalid once this returned and
+/// TERMINATE was delivered. Returns NETEV_ERR_INVALID_HANDLE (also on a
+/// second release).
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_release(sock: netev_udp_socket) -> netev_status {
+    boundary(|| UdpSocket::get(sock)?.release())
+}
+
+/// How many entries the socket's errors list holds (the newest 64).
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_error_count(sock: netev_udp_socket, out: *mut usize) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let s = UdpSocket::get(sock)?;
+        put(out, "out", s.error_count())
+    })
+}
+
+/// Copies entry `index` (0 = oldest) of the errors list into `*out`.
+/// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE,
+/// NETEV_ERR_INVALID_ARGUMENT when `index` >= the error count.
+#[unsafe(no_mangle)]
+pub extern "C" fn netev_udp_error_at(
+    sock: netev_udp_socket,
+    index: usize,
+    out: *mut netev_error_info,
+) -> netev_status {
+    boundary(|| {
+        need(out, "out")?;
+        let s = UdpSocket::get(sock)?;
+        let info = s
+            .error_at(index)
+            .ok_or_else(|| Error::invalid(format!("index {index} is past the errors list")))?;
+        put(out, "out", info)
     })
 }

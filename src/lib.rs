@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod send_queue;
 pub mod sync;
 pub mod tls;
+pub mod udp;
 
 pub const NETEV_VERSION_MAJOR: u32 = 0;
 pub const NETEV_VERSION_MINOR: u32 = 2;

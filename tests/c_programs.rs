@@ -302,6 +302,9 @@ c_tests!(
     conn_framing,
     // needs the debug library's NETEV_TEST_HOSTS seam (cargo test builds it)
     conn_eyeballs,
+    // UDP (issue 13)
+    udp_basic,
+    udp_dispatcher,
     // opt-in length: NETEV_SOAK_SECONDS=60 (the CI default is 6 s)
     soak,
 );

@@ -53,7 +53,8 @@ fn init_macros_match_the_sized_initialisers() {
             "netev_connection_options",
             "netev_listener_options",
             "netev_runtime_options",
-            "netev_tls_options"
+            "netev_tls_options",
+            "netev_udp_options"
         ],
         "the exported _sized initialisers"
     );

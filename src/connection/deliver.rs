@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::event::{EventType, netev_event};
 use crate::log::log;
 use crate::runtime;
-use crate::sync::call_host;
+use crate::sync::{Mutex, call_host};
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::sync::Arc;
@@ -56,9 +56,18 @@ impl Pending {
 }
 
 impl Connection {
+    /// The outbox, made on first use: only dispatcher-bound connections
+    /// have one, the others do not pay for it.
+    fn outbox(&self) -> &Mutex<Outbox> {
+        self.outbox.get_or_init(Box::default)
+    }
+
     /// Turns an ERROR still waiting in the outbox into CLOSE (see `close_now`).
     pub(super) fn error_becomes_close(&self) {
-        let mut out = self.outbox.lock();
+        let Some(outbox) = self.outbox.get() else {
+            return; // never used: no dispatcher
+        };
+        let mut out = outbox.lock();
         for p in out.events.iter_mut() {
             if let Pending::Event(ty @ EventType::NETEV_EVENT_ERROR, error, _) = p {
                 *ty = EventType::NETEV_EVENT_CLOSE;
@@ -85,7 +94,7 @@ impl Connection {
             self.invoke(ty, data, error, after);
             return;
         };
-        let mut out = self.outbox.lock();
+        let mut out = self.outbox().lock();
         match ty {
             EventType::NETEV_EVENT_DATA => {
                 out.undelivered += data.len();
@@ -138,7 +147,7 @@ impl Connection {
             return;
         };
         let post = {
-            let mut out = self.outbox.lock();
+            let mut out = self.outbox().lock();
             let post = !out.scheduled && !out.events.is_empty();
             out.scheduled |= post;
             post
@@ -150,7 +159,7 @@ impl Connection {
 
     /// Whether a dispatcher-bound connection may read more now.
     pub(super) fn receive_room(&self) -> bool {
-        self.cfg().dispatcher.is_none() || self.outbox.lock().undelivered < UNDELIVERED_LIMIT
+        self.cfg().dispatcher.is_none() || self.outbox().lock().undelivered < UNDELIVERED_LIMIT
     }
 
     /// Calls the host's callback for `ty`, then the after-action. Returns
@@ -270,7 +279,7 @@ impl Connection {
 impl Mailbox for Connection {
     fn deliver_next(&self) -> Delivery {
         let next = {
-            let mut out = self.outbox.lock();
+            let mut out = self.outbox().lock();
             let at = match self.paused() {
                 false => Some(0),
                 // DATA and END wait; a DRAIN goes past them (a host that
@@ -296,7 +305,7 @@ impl Mailbox for Connection {
         let ran = match next {
             Pending::Data(bytes) => {
                 let ran = self.invoke(EventType::NETEV_EVENT_DATA, &bytes, None, After::Nothing);
-                let mut out = self.outbox.lock();
+                let mut out = self.outbox().lock();
                 let was_full = out.undelivered >= UNDELIVERED_LIMIT;
                 out.undelivered -= bytes.len() + ENTRY_COST;
                 if was_full && out.undelivered < UNDELIVERED_LIMIT {
@@ -311,7 +320,7 @@ impl Mailbox for Connection {
             }
             Pending::Event(ty, error, after) => self.invoke(ty, &[], error.as_ref(), after),
         };
-        let mut out = self.outbox.lock();
+        let mut out = self.outbox().lock();
         let more = !out.events.is_empty();
         out.scheduled = more;
         Delivery { ran, more }
