@@ -230,6 +230,31 @@ static void boundaries(void) {
     close(b6);
   }
 
+  TEST_STAGE = "multicast on loopback";
+  {
+    netev_status st = netev_udp_join_multicast(s, "239.255.12.34", "127.0.0.1");
+    if (st != NETEV_OK) {
+      char msg[256];
+      netev_last_error_message(msg, sizeof msg);
+      printf("multicast join refused here (%s: %s): not checked further\n", netev_status_name(st), msg);
+    } else {
+      int m = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      struct in_addr lo = {.s_addr = htonl(INADDR_LOOPBACK)};
+      CHECK(setsockopt(m, IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo) == 0);
+      struct sockaddr_in g = {.sin_family = AF_INET, .sin_port = htons(port)};
+      inet_pton(AF_INET, "239.255.12.34", &g.sin_addr);
+      size_t before = urec_count(&r);
+      CHECK(sendto(m, "group", 5, 0, (struct sockaddr *)&g, sizeof g) == 5);
+      if (!wait_count(&r, before + 1, 5)) FAIL("a datagram to the joined group did not arrive");
+      pthread_mutex_lock(&r.mu);
+      CHECK(r.lens[before] == 5 && strcmp(r.ip[before], "127.0.0.1") == 0);
+      pthread_mutex_unlock(&r.mu);
+      CHECK_OK(netev_udp_leave_multicast(s, "239.255.12.34", "127.0.0.1"));
+      CHECK(netev_udp_leave_multicast(s, "239.255.12.34", "127.0.0.1") != NETEV_OK); /* not a member */
+      close(m);
+    }
+  }
+
   TEST_STAGE = "close frees the port";
   CHECK_OK(netev_udp_close(s));
   CHECK_OK(netev_udp_close(s)); /* harmless */
@@ -242,7 +267,10 @@ static void boundaries(void) {
   CHECK_STATUS(netev_udp_send(s, "x", 1, "127.0.0.1", bport), NETEV_ERR_CLOSED);
   size_t count = 0;
   CHECK_OK(netev_udp_error_count(s, &count));
-  CHECK(count == 1);
+  CHECK(count >= 1);
+  netev_error_info last;
+  CHECK_OK(netev_udp_error_at(s, count - 1, &last));
+  CHECK(last.code == NETEV_ERR_CLOSED);
   CHECK_OK(netev_udp_release(s));
   CHECK_STATUS(netev_udp_release(s), NETEV_ERR_INVALID_HANDLE);
   CHECK_STATUS(netev_udp_port(s, &port), NETEV_ERR_INVALID_HANDLE);
