@@ -534,8 +534,11 @@ impl Session {
         self.conn.as_ref().is_some_and(|c| c.wants_write())
     }
 
-    /// Feeds received ciphertext; appends the plaintext it held to `plain`.
-    pub fn feed(&mut self, mut input: &[u8], plain: &mut Vec<u8>) -> Fed {
+    /// Feeds received ciphertext; writes the plaintext it held into
+    /// `plain` from `*filled` on, advancing `*filled`. `plain` only grows
+    /// (its bytes past `*filled` are old plaintext, overwritten): a reused
+    /// buffer is not zeroed again for every read.
+    pub fn feed(&mut self, mut input: &[u8], plain: &mut Vec<u8>, filled: &mut usize) -> Fed {
         let mut fed = Fed::default();
         let Some(conn) = self.conn.as_mut() else {
             return fed;
@@ -554,10 +557,12 @@ impl Session {
                 Ok(state) => {
                     let n = state.plaintext_bytes_to_read();
                     if n > 0 {
-                        let at = plain.len();
-                        plain.resize(at + n, 0);
-                        if conn.reader().read_exact(&mut plain[at..]).is_err() {
-                            plain.truncate(at);
+                        let at = *filled;
+                        if plain.len() < at + n {
+                            plain.resize(at + n, 0);
+                        }
+                        if conn.reader().read_exact(&mut plain[at..at + n]).is_ok() {
+                            *filled = at + n;
                         }
                     }
                     if state.peer_has_closed() {

@@ -866,11 +866,11 @@ impl Connection {
         framer: &mut Option<Box<Deframer>>,
     ) -> Option<Read> {
         let mut plain = PLAIN_BUF.take().unwrap_or_default();
-        plain.clear();
+        let mut filled = 0;
         let (fed, written, pending) = {
             let mut st = self.lock();
             let t = st.drive.tls.as_deref_mut()?;
-            let fed = t.feed(data, &mut plain);
+            let fed = t.feed(data, &mut plain, &mut filled);
             let written = t.write_out(&mut FdWriter(fd));
             (fed, written, t.wants_write())
         };
@@ -881,11 +881,11 @@ impl Connection {
             self.deliver(EventType::NETEV_EVENT_CONNECTION, &[], None, After::Nothing);
         }
         let mut stop = None;
-        if !plain.is_empty() {
-            super::stats::Counters::add(&self.counters.received, plain.len());
-            stop = self.receive(framer, &plain);
+        if filled > 0 {
+            super::stats::Counters::add(&self.counters.received, filled);
+            stop = self.receive(framer, &plain[..filled]);
         }
-        if plain.capacity() <= 2 * READ_CHUNK {
+        if plain.len() <= 2 * READ_CHUNK {
             PLAIN_BUF.set(Some(plain));
         }
         if let Some(Read::Failed(e)) = stop {
