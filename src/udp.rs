@@ -435,8 +435,10 @@ impl UdpSocket {
                     }
                     Some(Lookup::Pending) => Dest::Name(name, port),
                     _ => {
+                        if let Err(e) = self.resolve(name.clone()) {
+                            return Err(self.refuse(&mut st, e));
+                        }
                         st.names.insert(name.clone(), Lookup::Pending);
-                        self.resolve(name.clone())?;
                         Dest::Name(name, port)
                     }
                 }
