@@ -17,13 +17,28 @@
  *   idle      --conns N              open N connections, ping each once, print
  *                                    "ready", hold them until stdin ends (or a
  *                                    line arrives), then close them.
+ *   udp       --conns N --size S     N UDP sockets (default 8), each keeping
+ *             --inflight W           W datagrams of S bytes (default 8, 64) in
+ *                                    flight to an echo server. Every reply is
+ *                                    checked: its first 16 bytes name the
+ *                                    socket, the window slot and the sequence
+ *                                    number, the rest is the pattern for that
+ *                                    socket and sequence. A datagram with no
+ *                                    reply within --loss-timeout SEC (1) is
+ *                                    counted lost and its slot reused; a reply
+ *                                    that comes after that is counted late. Loss above
+ *                                    --max-loss FRACTION (0.01) of the
+ *                                    datagrams sent fails the run.
+ *                                    Datagrams/s, p50/p99/p99.9 latency.
  *
  * Common: --host A (127.0.0.1), --duration SEC (5), --warmup SEC (0.5),
  * --server-pid PID: read the server's utime+stime from /proc/PID/stat at the
  * start and the end of the measured window and report it per unit of work.
  *
  * Every echoed byte is compared with what was sent (a per-connection
- * pseudo-random stream); a mismatch, an early close or an error exits 1.
+ * pseudo-random stream); a mismatch, an early close or an error exits 1
+ * (for udp: a reply of the wrong size or content, for a datagram never sent,
+ * or twice).
  * The last line on stdout is "result key=value ...", for scripts.
  */
 #define _GNU_SOURCE
@@ -52,8 +67,8 @@ static uint8_t pattern[PERIOD + MAXIO];
 
 static const char *mode;
 static const char *host = "127.0.0.1";
-static int port = -1, nconns = -1, msg_size = 64, concurrency = 16, prefix = 0;
-static double duration = 5, warmup = 0.5;
+static int port = -1, nconns = -1, msg_size = 64, concurrency = 16, prefix = 0, inflight = 8;
+static double duration = 5, warmup = 0.5, loss_timeout = 1, max_loss = 0.01;
 static size_t window = 256 * 1024;
 static pid_t server_pid = 0;
 static struct sockaddr_in target;
@@ -327,6 +342,235 @@ static int run_streams(void) {
   return 0;
 }
 
+/* ---- udp: N sockets, each keeping W datagrams in flight ---- */
+
+/* Each datagram starts with a header, in host order: the socket's index (4
+ * bytes), the window slot it occupies (4) and its sequence number (8). */
+#define UDP_HDR 16
+#define UDP_WMAX 256 /* the most --inflight takes */
+#define UDP_SIZE_MAX 65507
+
+typedef struct {
+  uint64_t seq, sent_ns;
+  uint8_t state; /* 0 free (never used, answered or declared lost), 1 in flight */
+  uint8_t lost;  /* the last sequence here was declared lost */
+  uint8_t hdr[UDP_HDR];
+} uslot;
+
+typedef struct {
+  int fd;
+  uint32_t index;
+  uint64_t next;   /* the next sequence number */
+  unsigned nfree;  /* free slots, their numbers in free_slots[0..nfree) */
+  uint32_t free_slots[UDP_WMAX];
+  uslot slots[UDP_WMAX];
+} usock;
+
+static usock *usocks;
+static uint64_t udp_sent, udp_lost, udp_late;
+
+/* The bytes after the header: the pattern, from a place that depends on the
+ * socket and the sequence number. */
+static const uint8_t *udp_payload(uint32_t index, uint64_t seq) { return pat(seq * 131u, index * 7919u); }
+
+/* Sends a datagram from each free slot (none past the end). A datagram
+ * waiting for its reply holds its slot only: a lost one never stops the
+ * others. */
+static void udp_refill(usock *u, uint64_t now) {
+  static struct mmsghdr m[UDP_WMAX];
+  static struct iovec io[UDP_WMAX][2];
+  static uint32_t taken[UDP_WMAX];
+  unsigned k = 0;
+  while (active && u->nfree > 0) {
+    uint32_t slot = u->free_slots[--u->nfree];
+    uslot *x = &u->slots[slot];
+    uint64_t seq = u->next++;
+    x->seq = seq;
+    x->sent_ns = now;
+    x->state = 1;
+    x->lost = 0;
+    memcpy(x->hdr, &u->index, 4);
+    memcpy(x->hdr + 4, &slot, 4);
+    memcpy(x->hdr + 8, &seq, 8);
+    io[k][0] = (struct iovec){.iov_base = x->hdr, .iov_len = UDP_HDR};
+    io[k][1] = (struct iovec){.iov_base = (void *)udp_payload(u->index, seq), .iov_len = (size_t)msg_size - UDP_HDR};
+    m[k].msg_hdr = (struct msghdr){.msg_iov = io[k], .msg_iovlen = 2};
+    taken[k++] = slot;
+  }
+  unsigned off = 0;
+  while (off < k) {
+    int n = sendmmsg(u->fd, m + off, k - off, 0);
+    if (n > 0) {
+      off += (unsigned)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
+      /* The socket's send buffer is full: give the unsent ones their slots
+       * (and sequence numbers) back; a later turn sends them. */
+      for (unsigned i = k; i-- > off;) {
+        u->slots[taken[i]].state = 0;
+        u->free_slots[u->nfree++] = taken[i];
+      }
+      u->next -= k - off;
+      break;
+    } else {
+      die("send to %s:%d: %s", host, port, n < 0 ? strerror(errno) : "nothing sent");
+    }
+  }
+  udp_sent += off;
+}
+
+static void udp_readable(usock *u) {
+  static struct mmsghdr m[UDP_WMAX];
+  static struct iovec io[UDP_WMAX];
+  static uint8_t *bufs;
+  if (!bufs && !(bufs = malloc((size_t)UDP_WMAX * (UDP_SIZE_MAX + 1)))) die("out of memory");
+  for (;;) {
+    for (int i = 0; i < inflight; i++) {
+      io[i] = (struct iovec){.iov_base = bufs + (size_t)i * (UDP_SIZE_MAX + 1), .iov_len = (size_t)msg_size + 1};
+      m[i].msg_hdr = (struct msghdr){.msg_iov = &io[i], .msg_iovlen = 1};
+    }
+    int n = recvmmsg(u->fd, m, (unsigned)inflight, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      die("receive: %s", strerror(errno));
+    }
+    uint64_t now = now_ns();
+    for (int i = 0; i < n; i++) {
+      const uint8_t *b = io[i].iov_base;
+      unsigned len = m[i].msg_len;
+      if (len != (unsigned)msg_size || (m[i].msg_hdr.msg_flags & MSG_TRUNC))
+        die("socket %u: a reply of %u bytes, expected %d", u->index, len, msg_size);
+      uint32_t index, slot;
+      uint64_t seq;
+      memcpy(&index, b, 4);
+      memcpy(&slot, b + 4, 4);
+      memcpy(&seq, b + 8, 8);
+      if (index != u->index) die("socket %u got the reply meant for socket %u", u->index, index);
+      if (seq >= u->next || slot >= (uint32_t)inflight)
+        die("socket %u: a reply for sequence %llu (slot %u), never sent", u->index, (unsigned long long)seq, slot);
+      if (memcmp(b + UDP_HDR, udp_payload(index, seq), (size_t)msg_size - UDP_HDR) != 0)
+        die("socket %u: the reply for sequence %llu differs from what was sent", u->index, (unsigned long long)seq);
+      uslot *x = &u->slots[slot];
+      if (x->seq != seq || x->state == 0) {
+        /* Not in flight: a reply that came after its datagram was declared
+         * lost (its slot perhaps reused since), or a second reply. */
+        if (x->seq == seq && !x->lost)
+          die("socket %u: two replies for sequence %llu", u->index, (unsigned long long)seq);
+        if (x->seq == seq) x->lost = 0; /* so that a third is caught */
+        udp_late++;
+        continue;
+      }
+      x->state = 0;
+      u->free_slots[u->nfree++] = slot;
+      if (measuring && now < t_stop) {
+        if (nlat == caplat) {
+          caplat = caplat ? caplat * 2 : 1 << 16;
+          lat = realloc(lat, caplat * sizeof *lat);
+          if (!lat) die("out of memory");
+        }
+        lat[nlat++] = now - x->sent_ns;
+        done_rt++;
+      }
+    }
+    udp_refill(u, now);
+    if (n < inflight) break;
+  }
+}
+
+/* Declares lost what waited past --loss-timeout, and refills. */
+static void udp_expire(uint64_t now) {
+  uint64_t limit = (uint64_t)(loss_timeout * 1e9);
+  for (int i = 0; i < nconns; i++) {
+    usock *u = &usocks[i];
+    for (uint32_t slot = 0; slot < (uint32_t)inflight; slot++) {
+      uslot *x = &u->slots[slot];
+      if (x->state == 1 && now - x->sent_ns > limit) {
+        x->state = 0;
+        x->lost = 1;
+        u->free_slots[u->nfree++] = slot;
+        udp_lost++;
+      }
+    }
+    udp_refill(u, now);
+  }
+}
+
+static int run_udp(void) {
+  if (nconns < 0) nconns = 8;
+  if (msg_size < UDP_HDR || msg_size > UDP_SIZE_MAX) die("--size must be %d..%d for udp", UDP_HDR, UDP_SIZE_MAX);
+  if (inflight < 1 || inflight > UDP_WMAX) die("--inflight must be 1..%d", UDP_WMAX);
+  if (!(loss_timeout > 0) || !(max_loss >= 0)) die("bad --loss-timeout or --max-loss");
+  ep = epoll_create1(EPOLL_CLOEXEC);
+  usocks = calloc((size_t)nconns, sizeof *usocks);
+  if (!usocks) die("out of memory");
+  for (int i = 0; i < nconns; i++) {
+    usock *u = &usocks[i];
+    u->index = (uint32_t)i;
+    for (int k = inflight; k-- > 0;) u->free_slots[u->nfree++] = (uint32_t)k;
+    u->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u->fd < 0) die("socket: %s", strerror(errno));
+    /* Connected: the kernel takes only the server's replies, and send and
+     * receive need no address. */
+    if (connect(u->fd, (struct sockaddr *)&target, sizeof target) != 0) die("connect: %s", strerror(errno));
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = u};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, u->fd, &ev) != 0) die("epoll_ctl: %s", strerror(errno));
+  }
+  uint64_t t0 = now_ns(), last_expire = t0;
+  t_go = t0 + (uint64_t)(warmup * 1e9);
+  t_stop = t_go + (uint64_t)(duration * 1e9);
+  for (int i = 0; i < nconns; i++) udp_refill(&usocks[i], t0);
+  double cpu0 = 0, cpu1 = 0;
+  uint64_t drain_deadline = 0;
+  struct epoll_event evs[256];
+  for (;;) {
+    uint64_t t = now_ns();
+    if (!measuring && active && t >= t_go) {
+      measuring = 1;
+      cpu0 = server_cpu_us();
+    }
+    if (active && t >= t_stop) {
+      cpu1 = server_cpu_us();
+      active = 0;
+      measuring = 0;
+      drain_deadline = t + (uint64_t)(loss_timeout * 1e9) + 1000000000ull;
+    }
+    if (t - last_expire >= 10000000ull) {
+      udp_expire(t);
+      last_expire = t;
+    }
+    if (!active) {
+      int pending = 0;
+      for (int i = 0; i < nconns; i++) pending |= usocks[i].nfree != (unsigned)inflight;
+      if (!pending) break;
+      if (t > drain_deadline) die("datagrams still unresolved past the loss timeout");
+    }
+    int n = epoll_wait(ep, evs, 256, 5);
+    if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    for (int i = 0; i < n; i++) udp_readable(evs[i].data.ptr);
+  }
+  for (int i = 0; i < nconns; i++) close(usocks[i].fd);
+  double secs = (double)(t_stop - t_go) / 1e9, cpu = cpu1 - cpu0;
+  qsort(lat, nlat, sizeof *lat, cmp_u64);
+  double per = done_rt ? cpu / (double)done_rt : 0;
+  double loss = udp_sent ? (double)udp_lost / (double)udp_sent : 0;
+  printf("udp: %d sockets x %d in flight, %d-byte datagrams: %.0f datagrams/s, p50 %.1f us, p99 %.1f us; "
+         "server CPU %.2f us/datagram; %llu of %llu lost (%llu came late)\n",
+         nconns, inflight, msg_size, (double)done_rt / secs, pct(50), pct(99), per, (unsigned long long)udp_lost,
+         (unsigned long long)udp_sent, (unsigned long long)udp_late);
+  printf("result mode=udp conns=%d inflight=%d size=%d seconds=%.3f dgrams=%llu dgrams_per_s=%.1f p50_us=%.2f "
+         "p99_us=%.2f p999_us=%.2f server_cpu_us=%.0f cpu_us_per_dgram=%.4f sent=%llu lost=%llu late=%llu "
+         "loss_pct=%.4f\n",
+         nconns, inflight, msg_size, secs, (unsigned long long)done_rt, (double)done_rt / secs, pct(50), pct(99),
+         pct(99.9), cpu, per, (unsigned long long)udp_sent, (unsigned long long)udp_lost,
+         (unsigned long long)udp_late, loss * 100);
+  if (loss > max_loss)
+    die("%llu of %llu datagrams lost (%.2f %%), more than --max-loss %.2f %%", (unsigned long long)udp_lost,
+        (unsigned long long)udp_sent, loss * 100, max_loss * 100);
+  return 0;
+}
+
 /* ---- connect: connect, 1 byte each way, close, K at a time ---- */
 
 typedef struct {
@@ -442,8 +686,9 @@ static int run_idle(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s pingpong|bulk|connect|idle --port P [--host A] [--conns N] [--size S] "
-                    "[--duration SEC] [--warmup SEC] [--window BYTES] [--concurrency K] [--server-pid PID]\n",
+    fprintf(stderr, "usage: %s pingpong|bulk|connect|idle|udp --port P [--host A] [--conns N] [--size S] "
+                    "[--duration SEC] [--warmup SEC] [--window BYTES] [--concurrency K] [--inflight W] "
+                    "[--loss-timeout SEC] [--max-loss FRACTION] [--server-pid PID]\n",
             argv[0]);
     return 2;
   }
@@ -465,6 +710,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--window")) window = (size_t)atol(v);
     else if (!strcmp(a, "--concurrency")) concurrency = atoi(v);
     else if (!strcmp(a, "--server-pid")) server_pid = (pid_t)atoi(v);
+    else if (!strcmp(a, "--inflight")) inflight = atoi(v);
+    else if (!strcmp(a, "--loss-timeout")) loss_timeout = atof(v);
+    else if (!strcmp(a, "--max-loss")) max_loss = atof(v);
     else die("unknown option %s", a);
   }
   if (port <= 0 || port > 65535) die("--port is required");
@@ -492,5 +740,6 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "pingpong") || !strcmp(mode, "bulk")) return run_streams();
   if (!strcmp(mode, "connect")) return run_connect();
   if (!strcmp(mode, "idle")) return run_idle();
-  die("unknown mode (pingpong, bulk, connect, idle)");
+  if (!strcmp(mode, "udp")) return run_udp();
+  die("unknown mode (pingpong, bulk, connect, idle, udp)");
 }

@@ -1,6 +1,6 @@
 /* netev_echo: the benchmark's echo server on netev.
  *
- * Usage: netev_echo [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] PORT
+ * Usage: netev_echo [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] [--udp] PORT
  *
  *   default        callbacks run on netev's I/O threads; on_data echoes the
  *                  borrowed bytes straight back with netev_connection_send.
@@ -16,6 +16,12 @@
  *                  and key (PEM) becomes the listener's connection default,
  *                  so every accepted connection speaks TLS and on_data sees
  *                  plaintext. Combines with the options above.
+ *   --udp          UDP instead: one netev UDP socket (netev_udp_open, every
+ *                  interface, IPv6 and IPv4) whose on_data sends each
+ *                  datagram back to its sender's ip and port with
+ *                  netev_udp_send. Combines with --dispatcher and --workers.
+ *                  A reply refused (NETEV_ERR_BUFFER_FULL) is dropped and
+ *                  counted, as UDP allows; the count goes to stderr at exit.
  *
  * PORT 0 picks a free port. The first line on stdout is "port N", flushed.
  * SIGTERM or SIGINT: stop accepting, shut the runtime down, exit 0.
@@ -76,6 +82,22 @@ static void on_frame(netev_connection conn, const netev_event *e, void *user_dat
   }
 }
 
+/* --udp: each DATA is one datagram; back it goes, to the sender's address. */
+static unsigned long long udp_dropped; /* the socket's callbacks never overlap */
+
+static void on_datagram(netev_udp_socket sock, const netev_event *e, void *user_data) {
+  (void)user_data;
+  netev_status st = netev_udp_send(sock, e->data, e->data_len, e->ip, e->port);
+  if (st == NETEV_ERR_BUFFER_FULL) udp_dropped++;
+  else if (st != NETEV_OK && st != NETEV_ERR_CLOSED) check(st, "udp_send");
+}
+
+static void on_udp_error(netev_udp_socket sock, const netev_event *e, void *user_data) {
+  (void)sock;
+  (void)user_data;
+  fprintf(stderr, "netev_echo: UDP error: %s: %s\n", netev_status_name((int32_t)e->error), e->message);
+}
+
 static void on_listener_error(netev_listener l, const netev_event *e, void *user_data) {
   (void)l;
   (void)user_data;
@@ -83,12 +105,13 @@ static void on_listener_error(netev_listener l, const netev_event *e, void *user
 }
 
 static void usage(const char *argv0) {
-  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] PORT\n", argv0);
+  fprintf(stderr, "usage: %s [--dispatcher] [--workers N] [--framing] [--cert FILE --key FILE] [--udp] PORT\n",
+          argv0);
   exit(2);
 }
 
 int main(int argc, char **argv) {
-  int use_dispatcher = 0, framing = 0;
+  int use_dispatcher = 0, framing = 0, udp = 0;
   long workers = 0, port = -1;
   const char *cert = NULL, *key = NULL;
   for (int i = 1; i < argc; i++) {
@@ -99,6 +122,8 @@ int main(int argc, char **argv) {
       if (workers < 0) usage(argv[0]);
     } else if (strcmp(argv[i], "--framing") == 0) {
       framing = 1;
+    } else if (strcmp(argv[i], "--udp") == 0) {
+      udp = 1;
     } else if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
       cert = argv[++i];
     } else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc) {
@@ -111,7 +136,7 @@ int main(int argc, char **argv) {
       usage(argv[0]);
     }
   }
-  if (port < 0 || !cert != !key) usage(argv[0]);
+  if (port < 0 || !cert != !key || (udp && (cert || framing))) usage(argv[0]);
 
   /* Block the stop signals before netev starts its threads (they inherit
    * the mask), so only main receives them, through the self-pipe. */
@@ -142,29 +167,40 @@ int main(int argc, char **argv) {
     check(netev_dispatcher_fd(d, &dfd), "dispatcher_fd");
   }
 
-  netev_connection_options defaults;
-  check(netev_connection_options_init(&defaults), "connection_options_init");
-  defaults.on_data = framing ? on_frame : on_data;
-  if (framing) defaults.framing = NETEV_FRAMING_LENGTH_PREFIX; /* 4-byte prefix */
-  defaults.no_delay = true;
-  netev_tls_config tls = 0;
-  if (cert) {
-    netev_tls_options to;
-    check(netev_tls_options_init(&to), "tls_options_init");
-    to.cert_file = cert;
-    to.key_file = key;
-    check(netev_tls_server_config_create(&to, &tls), "tls_server_config_create");
-    defaults.tls = tls;
-  }
-  netev_listener_options lo;
-  check(netev_listener_options_init(&lo), "listener_options_init");
-  lo.on_error = on_listener_error;
-  lo.connection_defaults = &defaults;
-  lo.dispatcher = d; /* accepted connections inherit it */
-  netev_listener listener;
-  check(netev_listener_open((uint16_t)port, &lo, &listener), "listener_open");
+  netev_udp_socket usock = 0;
+  netev_listener listener = 0;
   uint16_t real_port;
-  check(netev_listener_port(listener, &real_port), "listener_port");
+  netev_tls_config tls = 0;
+  if (udp) {
+    netev_udp_options uo;
+    check(netev_udp_options_init(&uo), "udp_options_init");
+    uo.on_data = on_datagram;
+    uo.on_error = on_udp_error;
+    uo.dispatcher = d;
+    check(netev_udp_open((uint16_t)port, &uo, &usock), "udp_open");
+    check(netev_udp_port(usock, &real_port), "udp_port");
+  } else {
+    netev_connection_options defaults;
+    check(netev_connection_options_init(&defaults), "connection_options_init");
+    defaults.on_data = framing ? on_frame : on_data;
+    if (framing) defaults.framing = NETEV_FRAMING_LENGTH_PREFIX; /* 4-byte prefix */
+    defaults.no_delay = true;
+    if (cert) {
+      netev_tls_options to;
+      check(netev_tls_options_init(&to), "tls_options_init");
+      to.cert_file = cert;
+      to.key_file = key;
+      check(netev_tls_server_config_create(&to, &tls), "tls_server_config_create");
+      defaults.tls = tls;
+    }
+    netev_listener_options lo;
+    check(netev_listener_options_init(&lo), "listener_options_init");
+    lo.on_error = on_listener_error;
+    lo.connection_defaults = &defaults;
+    lo.dispatcher = d; /* accepted connections inherit it */
+    check(netev_listener_open((uint16_t)port, &lo, &listener), "listener_open");
+    check(netev_listener_port(listener, &real_port), "listener_port");
+  }
   printf("port %u\n", (unsigned)real_port);
   fflush(stdout);
 
@@ -183,10 +219,16 @@ int main(int argc, char **argv) {
     if (use_dispatcher && p[1].revents) check(netev_dispatcher_run(d, 0, NULL), "dispatcher_run");
   }
 
-  check(netev_listener_terminate(listener), "listener_terminate");
-  check(netev_listener_release(listener), "listener_release");
+  if (usock) {
+    check(netev_udp_close(usock), "udp_close");
+    check(netev_udp_release(usock), "udp_release");
+  } else {
+    check(netev_listener_terminate(listener), "listener_terminate");
+    check(netev_listener_release(listener), "listener_release");
+  }
   if (use_dispatcher) check(netev_dispatcher_release(d), "dispatcher_release");
   if (tls) check(netev_tls_config_release(tls), "tls_config_release");
   check(netev_runtime_shutdown(5), "runtime_shutdown");
+  if (udp_dropped) fprintf(stderr, "netev_echo: %llu UDP replies dropped (send queue full)\n", udp_dropped);
   return 0;
 }

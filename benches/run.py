@@ -27,7 +27,11 @@ TLS_MODES = ["tls_bulk1", "tls_bulk8", "tls_handshake"]
 # Framing (issue 12): netev's length-prefix framing against netev echoing
 # the same byte stream unframed, i.e. a host that splits nothing.
 FRAMED_MODES = ["framed"]
-MODES = PLAIN_MODES + TLS_MODES + FRAMED_MODES
+# UDP (issue 13): echo servers on one UDP socket against loadgen's udp mode,
+# 64-byte and 1400-byte datagrams; compared with libuv, and with a raw
+# recvmmsg/sendmmsg loop as the floor.
+UDP_MODES = ["udp64", "udp1400"]
+MODES = PLAIN_MODES + TLS_MODES + FRAMED_MODES + UDP_MODES
 TLS_BASE = "tokio-rustls"
 FRAMED_BASE = "netev"
 
@@ -40,6 +44,8 @@ def base_server(mode):
 
 
 def kind_of(mode):
+    if mode in UDP_MODES:
+        return "udp"
     return "tls" if mode in TLS_MODES else "framed" if mode in FRAMED_MODES else "plain"
 
 
@@ -52,25 +58,34 @@ def sh(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def build(args, tls):
-    """Builds libnetev, tokio_echo and the C programs, and with `tls`
-    tls_loadgen and a CA with a localhost certificate; returns their paths."""
+def cargo_target():
+    """cargo's target directory, as cargo has it: CARGO_TARGET_DIR when set."""
+    return os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"))
+
+
+def build(args, tls, tokio_needed=True):
+    """Builds libnetev, the C programs and, when a mode uses it, tokio_echo;
+    with `tls` also tls_loadgen and a CA with a localhost certificate;
+    returns their paths."""
     if args.lib_dir:
         lib_dir = os.path.abspath(args.lib_dir)
     else:
         sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
-        lib_dir = os.path.join(ROOT, "target", "release")
-    if args.tokio_bin:
+        lib_dir = os.path.join(cargo_target(), "release")
+    tokio = None
+    if not (tls or tokio_needed):
+        pass  # the UDP and framing modes run no tokio server
+    elif args.tokio_bin:
         tokio = os.path.abspath(args.tokio_bin)
     else:
         sh(["cargo", "build", "--release", "--quiet", "--example", "tokio_echo"], cwd=ROOT)
-        tokio = os.path.join(ROOT, "target", "release", "examples", "tokio_echo")
+        tokio = os.path.join(cargo_target(), "release", "examples", "tokio_echo")
     tls_loadgen = None
     if tls and args.tls_loadgen_bin:
         tls_loadgen = os.path.abspath(args.tls_loadgen_bin)
     elif tls:
         sh(["cargo", "build", "--release", "--quiet", "--example", "tls_loadgen"], cwd=ROOT)
-        tls_loadgen = os.path.join(ROOT, "target", "release", "examples", "tls_loadgen")
+        tls_loadgen = os.path.join(cargo_target(), "release", "examples", "tls_loadgen")
     if not os.path.exists(os.path.join(lib_dir, "libnetev.so")):
         sys.exit(f"run.py: {lib_dir}/libnetev.so is missing")
     try:
@@ -88,8 +103,9 @@ def build(args, tls):
     # through.
     shutil.copy2(os.path.join(lib_dir, "libnetev.so"), os.path.join(out, "lib", "libnetev.so"))
     lib_dir = os.path.join(out, "lib")
-    shutil.copy2(tokio, os.path.join(out, "tokio_echo"))
-    tokio = os.path.join(out, "tokio_echo")
+    if tokio:
+        shutil.copy2(tokio, os.path.join(out, "tokio_echo"))
+        tokio = os.path.join(out, "tokio_echo")
     if tls_loadgen:
         shutil.copy2(tls_loadgen, os.path.join(out, "tls_loadgen"))
         tls_loadgen = os.path.join(out, "tls_loadgen")
@@ -98,6 +114,7 @@ def build(args, tls):
     progs = {
         "loadgen": base + [os.path.join(HERE, "loadgen.c")],
         "epoll_echo": base + [os.path.join(HERE, "epoll_echo.c")],
+        "raw_udp_echo": base + [os.path.join(HERE, "raw_udp_echo.c")],
         "uv_echo": base + uv_cflags + [os.path.join(HERE, "uv_echo.c")] + uv_libs,
         "netev_echo": base + ["-I" + os.path.join(ROOT, "include"), os.path.join(HERE, "netev_echo.c"),
                               "-L" + lib_dir, "-Wl,-rpath," + lib_dir, "-lnetev", "-pthread"],
@@ -127,6 +144,17 @@ def make_certs(where):
 
 def server_commands(paths, pinned, kind="plain"):
     n = paths["netev_echo"]
+    if kind == "udp":
+        # One UDP socket each; "raw" is the recvmmsg/sendmmsg floor.
+        servers = [("netev", [n, "--udp", "0"])]
+        if pinned:
+            servers.append(("netev-w1", [n, "--workers", "1", "--udp", "0"]))
+        servers += [
+            ("netev-dispatcher", [n, "--dispatcher", "--udp", "0"]),
+            ("libuv", [paths["uv_echo"], "--udp", "0"]),
+            ("raw", [paths["raw_udp_echo"], "0"]),
+        ]
+        return servers
     if kind == "framed":
         servers = [("netev", [n, "0"]), ("netev-framed", [n, "--framing", "0"])]
         if pinned:
@@ -215,6 +243,12 @@ def run_one(name, argv, mode, pinned, args, paths):
         elif mode == "framed":
             # 64-byte payloads behind a 4-byte length prefix, to every server
             cmd = gen + ["pingpong", "--conns", "50", "--size", "68", "--prefix"] + common + timing
+        elif mode in UDP_MODES:
+            # 8 sockets x 8 datagrams in flight: 64 at most, which the
+            # server's default receive buffer (about 208 KiB) holds even at
+            # 1400 bytes, so a busy server slows the load rather than
+            # losing it.
+            cmd = gen + ["udp", "--size", mode[3:], "--conns", "8", "--inflight", "8"] + common + timing
         if mode != "idle":
             p = subprocess.run(gen_pin + cmd, capture_output=True, text=True, timeout=args.duration * 4 + 60)
             if p.returncode != 0:
@@ -266,6 +300,12 @@ COLUMNS = {
 COLUMNS["bulk8"] = COLUMNS["bulk1"]
 COLUMNS["pingpong1"] = COLUMNS["framed"] = COLUMNS["pingpong"]
 COLUMNS["tls_bulk1"] = COLUMNS["tls_bulk8"] = COLUMNS["bulk1"]
+COLUMNS["udp64"] = COLUMNS["udp1400"] = [
+    ("cpu_us_per_dgram", "server CPU µs/datagram", "{:.2f}", True),
+    ("dgrams_per_s", "datagrams/s", "{:,.0f}", True),
+    ("p50_us", "p50 µs", "{:.0f}", False),
+    ("p99_us", "p99 µs", "{:.0f}", False),
+    ("lost", "lost", "{:.0f}", False)]
 COLUMNS["tls_handshake"] = [("cpu_us_per_handshake", "server CPU µs/handshake", "{:.1f}", True),
                             ("handshakes_per_s", "handshakes/s", "{:,.0f}", True)]
 TITLES = {
@@ -278,6 +318,8 @@ TITLES = {
     "tls_bulk1": "TLS bulk: 1 connection, every byte echoed and checked",
     "tls_bulk8": "TLS bulk: 8 connections",
     "tls_handshake": "TLS handshakes: connect, full handshake (no resumption), 1 byte each way, close (16 at a time)",
+    "udp64": "UDP echo: 64-byte datagrams, 8 sockets x 8 in flight, every reply checked",
+    "udp1400": "UDP echo: 1400-byte datagrams, 8 sockets x 8 in flight, every reply checked",
     "framed": "framing: ping-pong, 50 connections, 64-byte payloads with a 4-byte length prefix "
               "(netev: echoed unframed; -framed: cut into frames and echoed with send_frame)",
 }
@@ -368,6 +410,19 @@ def targets(res, modes):
                 b = med(res, TLS_BASE, mode, key)
                 check(f"{variant} {what} ≤ 1.1 × {TLS_BASE}", med(res, variant, mode, key),
                       b * 1.1 if b else None, lambda v, lim: v <= lim)
+    if any(m in UDP_MODES for m in modes):
+        # Issue 13: a netev UDP echo costs no more CPU per datagram than
+        # libuv's, and at most 1.3 x the raw recvmmsg/sendmmsg loop.
+        for variant in ("netev", "netev-w1"):
+            for mode in UDP_MODES:
+                if mode not in modes:
+                    continue
+                v = med(res, variant, mode, "cpu_us_per_dgram")
+                check(f"{variant} CPU µs/datagram ({mode}) ≤ libuv", v, med(res, "libuv", mode, "cpu_us_per_dgram"),
+                      lambda v, b: v <= b)
+                raw = med(res, "raw", mode, "cpu_us_per_dgram")
+                check(f"{variant} CPU µs/datagram ({mode}) ≤ 1.3 × raw", v, raw * 1.3 if raw else None,
+                      lambda v, lim: v <= lim)
     if "framed" in modes:
         # Issue 12: framing costs at most 10 % over the same stream unframed.
         for variant in ("netev", "netev-w1"):
@@ -388,7 +443,7 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--servers", default=None, help="comma-separated subset of the servers")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny durations, 1 round")
-    ap.add_argument("--build-dir", default=os.path.join(ROOT, "target", "benches"))
+    ap.add_argument("--build-dir", default=os.path.join(cargo_target(), "benches"))
     ap.add_argument("--lib-dir", help="use this libnetev.so directory instead of cargo build --release")
     ap.add_argument("--tokio-bin", help="use this tokio_echo instead of cargo build --release --example")
     ap.add_argument("--tls-loadgen-bin", help="use this tls_loadgen instead of cargo build --release --example")
@@ -426,7 +481,7 @@ def main():
         sys.exit(f"run.py: RLIMIT_NOFILE hard limit {hard} is below --idle-conns {args.idle_conns} + 100")
 
     tls = any(m in TLS_MODES for m in modes)
-    paths = build(args, tls)
+    paths = build(args, tls, tokio_needed=any(m in PLAIN_MODES for m in modes))
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -468,7 +523,7 @@ def main():
     print(f"machine: nproc {os.cpu_count()}, {cpu_model}, kernel {os.uname().release}")
     print(f"load average before: {' '.join(load_before)}, after: {' '.join(load_after)}")
     ratios = []
-    if any(m in PLAIN_MODES for m in modes):
+    if any(m in PLAIN_MODES + UDP_MODES for m in modes):
         ratios.append("×libuv: median ÷ libuv's median")
     if tls:
         ratios.append(f"×{TLS_BASE} (TLS modes): median ÷ {TLS_BASE}'s median")

@@ -1,6 +1,7 @@
 //! Smoke test of the benchmark suite (benches/): builds every echo server
 //! and the load generator, and runs `benches/run.sh --quick` — each server
-//! through each mode for a fraction of a second, every echoed byte checked.
+//! through each mode for a fraction of a second, every echoed byte (and, in
+//! the UDP modes, every echoed datagram) checked.
 //! No timed assertions: it only checks that the programs build, that every
 //! run succeeds and that the tables are printed.
 //!
@@ -151,6 +152,37 @@ fn benchmark_suite_quick_run() {
                 "no {server:?} row in the {heading:?} table:\n{table}"
             );
         }
+    }
+    // UDP (issue 13): a table per datagram size, each with a row for every
+    // UDP server (raw: the recvmmsg/sendmmsg floor), and the targets.
+    for heading in [
+        "### UDP echo: 64-byte datagrams",
+        "### UDP echo: 1400-byte datagrams",
+    ] {
+        let at = stdout
+            .find(heading)
+            .unwrap_or_else(|| panic!("no {heading:?} table in:\n{stdout}"));
+        let table = &stdout[at..];
+        let table = &table[..table[4..].find("\n###").map_or(table.len(), |e| e + 4)];
+        for server in ["| netev ", "| netev-dispatcher ", "| libuv ", "| raw "] {
+            assert!(
+                table.contains(server),
+                "no {server:?} row in the {heading:?} table:\n{table}"
+            );
+        }
+        assert!(
+            table.contains("server CPU µs/datagram") && table.contains("| lost |"),
+            "the {heading:?} table lacks its columns:\n{table}"
+        );
+    }
+    for target in [
+        "netev CPU µs/datagram (udp64) ≤ libuv",
+        "netev CPU µs/datagram (udp1400) ≤ 1.3 × raw",
+    ] {
+        assert!(
+            stdout.contains(target),
+            "no target {target:?} in:\n{stdout}"
+        );
     }
     // Framing: netev framed against netev echoing the same stream unframed.
     let at = stdout

@@ -1,5 +1,7 @@
 //! netev's example servers (examples-c) against ordinary tools: curl,
-//! socat and a python3 client. The examples are built once, with
+//! socat and a python3 client; for UDP (issue 13), udp_echo and
+//! statsd_sink against socat's UDP4-DATAGRAM / UDP6-DATAGRAM and python3's
+//! socket module. The examples are built once, with
 //! `make -C examples-c`, exactly as a user builds them; each test then starts
 //! its own server on a free port, so the tests may run in parallel.
 //!
@@ -143,9 +145,15 @@ impl Server {
     /// Starts build/NAME 0 and reads its port from the first line,
     /// "listening on port N", within 10 s.
     fn start(name: &'static str) -> Server {
+        Server::start_with(name, &[])
+    }
+
+    /// Starts build/NAME ARGS... 0, as `start` does.
+    fn start_with(name: &'static str, args: &[&str]) -> Server {
         let exe = examples().join(name);
         let mut child = Guard(
             Command::new(&exe)
+                .args(args)
                 .arg("0")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -457,4 +465,327 @@ fn sigterm_stops_echo_server_cleanly() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
     let _ = client.shutdown(Shutdown::Both);
+}
+
+// ---- UDP (issue 13): udp_echo and statsd_sink ----
+
+/// Whether this machine has an IPv6 loopback (a UDP socket binds ::1).
+fn ipv6_loopback() -> bool {
+    std::net::UdpSocket::bind("[::1]:0").is_ok()
+}
+
+/// A UDP port free on `ip` right now (the kernel's pick, given back at
+/// once): for a peer that must send from a port the test knows.
+fn free_udp_port(ip: &str) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind a UDP socket");
+    s.local_addr().expect("local address").port()
+}
+
+/// `n` pseudo-random bytes (xorshift), different for each `seed`.
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// udp_echo's last line: what it echoed, from how many senders.
+fn udp_echo_totals(datagrams: usize, bytes: usize, senders: usize) -> String {
+    format!(
+        "echoed {}, {bytes} bytes, from {}; 0 replies dropped, 0 errors",
+        plural(datagrams, "datagram", "datagrams"),
+        plural(senders, "sender", "senders")
+    )
+}
+
+/// One socat process as udp_echo's peer: `socat -b 65536 - ADDRESS,bind=BIND`
+/// sends each write to its stdin as one datagram (the test writes one,
+/// then waits for its echo, so socat reads each whole) from BIND, and writes
+/// each datagram that comes back to its stdout. Every echo must come back
+/// within 10 s, byte-exact.
+fn socat_udp_round_trips(address: &str, bind: &str, sizes: &[usize]) {
+    require("socat");
+    let peer = format!("{address},bind={bind}");
+    let mut child = Guard(
+        Command::new("socat")
+            // -t 0.5: after the end of stdin, 0.5 s for anything still to
+            // come back (everything has by then), then exit.
+            .args(["-b", "65536", "-t", "0.5", "-", &peer])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start socat"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    for (i, &n) in sizes.iter().enumerate() {
+        let msg = random_bytes(n, i as u64 + 1);
+        stdin.write_all(&msg).expect("write to socat");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => got.extend(chunk),
+                Err(_) => panic!(
+                    "{peer}: {} of the {n}-byte datagram's echo came back within 10 s",
+                    got.len()
+                ),
+            }
+        }
+        assert_eq!(got.len(), n, "{peer}: the echo of a {n}-byte datagram");
+        assert!(
+            got == msg,
+            "{peer}: the echo of a {n}-byte datagram differs"
+        );
+    }
+    drop(stdin);
+    let status = child
+        .wait_for(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("socat {peer} still ran 10 s after the end of its stdin"));
+    reader.join().unwrap();
+    let errors = errors.join().unwrap();
+    assert!(status.success(), "socat {peer} exited {status}: {errors}");
+    assert!(
+        rx.try_recv().is_err(),
+        "{peer}: more came back than was sent"
+    );
+}
+
+/// socat over UDP4-DATAGRAM and UDP6-DATAGRAM: datagrams of 1 byte to the
+/// largest each family carries, echoed byte-exact by udp_echo; udp_echo names
+/// each socat's address and port, and counts exactly what was sent (one
+/// datagram per write: none merged or split).
+#[test]
+fn socat_udp4_and_udp6_against_udp_echo() {
+    let server = Server::start("udp_echo");
+    let v4_sizes = [1, 2, 100, 1400, 1472, 8192, 65000, 65507];
+    let v4_port = free_udp_port("127.0.0.1");
+    socat_udp_round_trips(
+        &format!("UDP4-DATAGRAM:127.0.0.1:{}", server.port),
+        &format!("127.0.0.1:{v4_port}"),
+        &v4_sizes,
+    );
+    let mut datagrams = v4_sizes.len();
+    let mut bytes: usize = v4_sizes.iter().sum();
+    let mut senders = vec![format!("datagram from 127.0.0.1:{v4_port}")];
+    if ipv6_loopback() {
+        // 65 527: an IPv6 payload's most, which netev_udp_send takes to an
+        // IPv6 literal.
+        let v6_sizes = [1, 1232, 1452, 9000, 65527];
+        let v6_port = free_udp_port("::1");
+        socat_udp_round_trips(
+            &format!("UDP6-DATAGRAM:[::1]:{}", server.port),
+            &format!("[::1]:{v6_port}"),
+            &v6_sizes,
+        );
+        datagrams += v6_sizes.len();
+        bytes += v6_sizes.iter().sum::<usize>();
+        senders.push(format!("datagram from [::1]:{v6_port}"));
+    } else {
+        eprintln!("no IPv6 loopback here: UDP6-DATAGRAM skipped");
+    }
+    let (status, printed) = server.terminate();
+    assert!(status.success(), "udp_echo exited {status}:\n{printed}");
+    for line in &senders {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "udp_echo did not print {line:?}:\n{printed}"
+        );
+    }
+    let totals = udp_echo_totals(datagrams, bytes, senders.len());
+    assert!(
+        printed.contains(&totals),
+        "expected {totals:?} in:\n{printed}"
+    );
+}
+
+/// python3's socket module against udp_echo, over IPv4 and IPv6: datagrams
+/// of 0 bytes to each family's most, one at a time and then 32 in flight,
+/// each echoed whole and byte-exact from the server's own address and port;
+/// udp_echo names python's sockets and counts every datagram.
+#[test]
+fn python_udp_against_udp_echo() {
+    let server = Server::start("udp_echo");
+    let printed = python(
+        r#"
+import os, socket, sys
+port = int(sys.argv[1])
+families = [(socket.AF_INET, "127.0.0.1", 65507)]
+try:
+    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).bind(("::1", 0))
+    families.append((socket.AF_INET6, "::1", 65527))
+except OSError:
+    pass
+count = total = 0
+for family, ip, biggest in families:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((ip, 0))
+    s.settimeout(10)
+    server = (ip, port)
+    for size in (0, 1, 2, 100, 1400, 1472, 8192, 65000, biggest):
+        msg = os.urandom(size)
+        s.sendto(msg, server)
+        got, sender = s.recvfrom(65536)
+        assert got == msg, (ip, size, len(got))
+        assert sender[:2] == server, (sender, server)
+        count += 1
+        total += size
+    # 32 at once: each comes back whole (the order is not checked)
+    burst = [b"%d:" % i + os.urandom(500) for i in range(32)]
+    for m in burst:
+        s.sendto(m, server)
+    back = set()
+    for _ in burst:
+        got, sender = s.recvfrom(65536)
+        assert sender[:2] == server, (sender, server)
+        back.add(got)
+    assert back == set(burst)
+    count += len(burst)
+    total += sum(map(len, burst))
+    print("sender", ip, s.getsockname()[1])
+print("total", count, total)
+"#,
+        server.port,
+    );
+    let mut senders = Vec::new();
+    let mut totals = None;
+    for line in printed.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words[..] {
+            ["sender", "::1", port] => senders.push(format!("datagram from [::1]:{port}")),
+            ["sender", ip, port] => senders.push(format!("datagram from {ip}:{port}")),
+            ["total", n, bytes] => totals = Some((n.parse().unwrap(), bytes.parse().unwrap())),
+            _ => panic!("python printed {line:?}"),
+        }
+    }
+    let (datagrams, bytes) = totals.expect("python's totals");
+    let (status, output) = server.terminate();
+    assert!(status.success(), "udp_echo exited {status}:\n{output}");
+    for line in &senders {
+        assert!(
+            output.lines().any(|l| l == line),
+            "udp_echo did not print {line:?}:\n{output}"
+        );
+    }
+    let want = udp_echo_totals(datagrams, bytes, senders.len());
+    assert!(output.contains(&want), "expected {want:?} in:\n{output}");
+}
+
+/// statsd_sink fed by python3 (1000 lines in one datagram, sampled counters,
+/// gauge changes, timers, ten bad lines, an empty datagram) and by socat
+/// over IPv4 and IPv6: the final summary's totals are exact.
+#[test]
+fn statsd_sink_totals_from_python_and_socat() {
+    require("socat");
+    let server = Server::start_with("statsd_sink", &["--interval", "0.2"]);
+    python(
+        r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink = ("127.0.0.1", int(sys.argv[1]))
+for d in (b"req:1|c\n" * 1000,
+          b"req:5|c|@0.25\nload:0.5|g\nload:+0.25|g\nload:-1|g\nlat:12.5|ms\r\nlat:7.5|ms",
+          b"bad line\nreq:1|x\nreq:|c\nreq:1\n|c\nlat:-1|ms\nreq:1|c|@0\nreq:1|c|@1.5\nreq:nan|c\nreq:1e999|c\n",
+          b""):
+    s.sendto(d, sink)
+"#,
+        server.port,
+    );
+    let v6 = ipv6_loopback();
+    let sends = [
+        (
+            "req:1|c",
+            format!("UDP4-DATAGRAM:127.0.0.1:{}", server.port),
+        ),
+        (
+            "lat:20|ms",
+            if v6 {
+                format!("UDP6-DATAGRAM:[::1]:{}", server.port)
+            } else {
+                format!("UDP4-DATAGRAM:127.0.0.1:{}", server.port)
+            },
+        ),
+    ];
+    let dir = TempDir::new("statsd");
+    for (i, (line, peer)) in sends.iter().enumerate() {
+        let input = dir.0.join(format!("line{i}"));
+        std::fs::write(&input, line).unwrap();
+        let out = run_bounded_with(
+            Command::new("socat")
+                .args(["-u", "-", peer])
+                .stdin(std::fs::File::open(&input).unwrap()),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "socat {peer} failed: {}", out.stderr);
+    }
+    // UDP has no end: wait until a summary counted all six datagrams.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .output()
+        .lines()
+        .any(|l| l.starts_with("summary after ") && l.contains(": 6 datagrams,"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "statsd_sink did not count 6 datagrams within 10 s:\n{}",
+            server.output()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (status, printed) = server.terminate();
+    assert!(status.success(), "statsd_sink exited {status}:\n{printed}");
+    let at = printed
+        .find("final summary after ")
+        .unwrap_or_else(|| panic!("no final summary in:\n{printed}"));
+    let final_summary: Vec<&str> = printed[at..].lines().collect();
+    let head = final_summary[0];
+    let head = &head[head.find(" s: ").map_or(0, |i| i + 4)..];
+    // req: 1000 + 5 / 0.25 + 1; load: 0.5 + 0.25 - 1; lat: 12.5, 7.5, 20.
+    assert_eq!(
+        head, "6 datagrams, 1018 lines, 10 bad, 0 dropped, 3 metrics",
+        "{printed}"
+    );
+    assert_eq!(
+        final_summary[1..],
+        [
+            "  timer lat count=3 min=7.5 max=20 mean=13.3333333333333 sum=40",
+            "  gauge load -0.25",
+            "  counter req 1021",
+        ],
+        "{printed}"
+    );
+    assert_eq!(
+        printed
+            .lines()
+            .filter(|l| l.starts_with("bad line from 127.0.0.1 port "))
+            .count(),
+        10,
+        "{printed}"
+    );
 }
