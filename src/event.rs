@@ -13,9 +13,10 @@ use std::ptr;
 pub enum netev_event_type {
     /// "connection": established (or, on a listener, incoming).
     NETEV_EVENT_CONNECTION = 1,
-    /// "data": bytes received.
+    /// "data": bytes received (on a UDP socket: one datagram).
     NETEV_EVENT_DATA = 2,
-    /// "error": the connection failed; TERMINATE follows.
+    /// "error": the connection failed (TERMINATE follows); on a UDP
+    /// socket, one send or lookup failed and the socket goes on.
     NETEV_EVENT_ERROR = 3,
     /// "close": closed properly (the peer finished, or we closed).
     NETEV_EVENT_CLOSE = 4,
@@ -49,19 +50,21 @@ impl EventType {
 /// Length of `netev_event.ip`: room for any IPv6 text form and its NUL.
 pub const NETEV_IP_TEXT_LEN: usize = 46;
 
-/// One event of a connection or listener, borrowed by the callback that
-/// receives it: copy what must outlive the callback.
+/// One event of a connection, listener or UDP socket, borrowed by the
+/// callback that receives it: copy what must outlive the callback.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 pub struct netev_event {
     pub r#type: netev_event_type,
-    /// The connection concerned; 0 for listener-only events.
+    /// The connection concerned (the UDP socket's handle for UDP events);
+    /// 0 for listener-only events.
     pub connection: netev_connection,
     /// DATA only: the bytes, borrowed until the callback returns; NULL otherwise.
     pub data: *const u8,
     pub data_len: usize,
-    /// Remote IP as text ("" when unknown). An IPv4 peer is never shown in
-    /// its IPv4-mapped IPv6 form.
+    /// Remote IP as text ("" when unknown; a UDP DATA's sender, "" on UDP
+    /// ERROR and TERMINATE, whose message names the destination). An IPv4
+    /// peer is never shown in its IPv4-mapped IPv6 form.
     pub ip: [c_char; NETEV_IP_TEXT_LEN],
     /// Remote port (0 when unknown).
     pub port: u16,

@@ -994,8 +994,8 @@ pub extern "C" fn netev_dispatcher_fd(d: netev_dispatcher, fd: *mut c_int) -> ne
 }
 
 /// Releases the dispatcher: the handle is invalid at once, every
-/// connection and listener bound to it is closed, and their last callbacks
-/// (CLOSE, TERMINATE) run on the calling thread before this returns (at
+/// connection, listener and UDP socket bound to it is closed, and their
+/// last callbacks (DATA already queued, CLOSE, TERMINATE) run on the calling thread before this returns (at
 /// most 5 s). Callbacks that come later still run, on netev's I/O threads;
 /// each object still gets every remaining callback once, TERMINATE last,
 /// never two at a time.

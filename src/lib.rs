@@ -1,5 +1,5 @@
-//! netev: event-driven TCP for C hosts, modelled on 4D's TCPConnection,
-//! TCPListener and TCPEvent classes.
+//! netev: event-driven TCP and UDP for C hosts, modelled on 4D's TCPConnection,
+//! TCPListener, TCPEvent, UDPSocket and UDPEvent classes.
 //!
 //! The safe core (`connection`, `dispatch`, `runtime`, …) is usable from
 //! Rust; `ffi` is the C ABI described by `include/netev.h`.

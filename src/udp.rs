@@ -1085,10 +1085,12 @@ fn read_sockaddr(a: &libc::sockaddr_storage) -> SocketAddr {
     }
 }
 
-/// Datagram slots of one 64 KiB each: any datagram fits whole. The memory
-/// is reserved, not touched: a slot's pages are resident only as far as
-/// datagrams filled them.
-const SLOT: usize = 65_536;
+/// Datagram slots of 64 KiB each: any datagram fits whole. The memory is
+/// reserved, not touched: a slot's pages are resident only as far as
+/// datagrams filled them. The slots start 64 KiB + 1 KiB + 64 B apart, not
+/// exactly 64 KiB: slots a power of two apart would put every datagram's
+/// first bytes in the same cache sets.
+const SLOT: usize = 65_536 + 1_024 + 64;
 
 /// An I/O thread's receive buffers for recvmmsg.
 struct Rx {
