@@ -1309,7 +1309,11 @@ enum netev_status netev_runtime_init(const struct netev_runtime_options *options
  * TERMINATE) of those objects still run, on netev's threads or, for
  * dispatcher-bound ones, when the host runs or releases the dispatcher.
  * Call it again (it waits for what is left, then stops the threads)
- * before freeing what those callbacks use. Handles stay valid until
+ * before freeing what those callbacks use. One case differs: when every
+ * object ended but a name lookup still blocks one of netev's threads (a
+ * resolver cannot be interrupted), it returns NETEV_ERR_TIMEOUT with
+ * everything delivered and stopped except those threads, which exit on
+ * their own when their lookups return. Handles stay valid until
  * released; after NETEV_OK, a later open starts a fresh runtime. Returns
  * NETEV_ERR_WOULD_DEADLOCK inside any callback (the log callback and
  * `user_data_free` included: it waits for every callback to return),
@@ -1477,7 +1481,8 @@ enum netev_status netev_udp_open(uint16_t port,
  * 65 527 to an IPv6 literal; port 0; an empty host; an address of a
  * family the socket cannot reach; invalid UTF-8), NETEV_ERR_BUFFER_FULL
  * (the queued bytes plus `len` would pass `send_buffer_limit`; nothing is
- * queued, and no DRAIN follows: a later send may succeed),
+ * queued, and no DRAIN follows: a later send may succeed; a datagram into
+ * an empty queue is always taken, so none is refused forever),
  * NETEV_ERR_CLOSED (after close), an OS error refusing it at once (e.g.
  * NETEV_ERR_PERMISSION_DENIED for a broadcast address without
  * `broadcast`), NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE. Each
@@ -1516,7 +1521,9 @@ enum netev_status netev_udp_leave_multicast(netev_udp_socket sock,
 
 /**
  * Stops the socket: it is closed when this returns (its port is free for
- * another bind), queued datagrams are dropped, and TERMINATE follows.
+ * another bind), datagrams queued to send are dropped, and so are
+ * datagrams received but not yet delivered: no DATA callback starts once
+ * this returned (one already running finishes). TERMINATE follows.
  * Calling it again is harmless. The handle stays valid until released.
  * Returns NETEV_ERR_INVALID_HANDLE.
  */

@@ -190,13 +190,37 @@ pub fn spawn_blocking(f: impl FnOnce() + Send + 'static) -> Result<()> {
     let handle = lock().as_ref().map(|rt| rt.shared.blocking.clone());
     match handle {
         Some(h) => {
-            drop(h.spawn_blocking(f));
+            // Counted until it ran (or was dropped unrun): shutdown reports
+            // a lookup still blocking one of netev's threads.
+            let counted = BlockingJob::new();
+            drop(h.spawn_blocking(move || {
+                let _counted = counted;
+                f()
+            }));
             Ok(())
         }
         None => Err(Error::new(
             Status::NETEV_ERR_SHUTDOWN,
             "netev's runtime is not running",
         )),
+    }
+}
+
+/// Jobs on the blocking pool (name lookups) not finished yet.
+static BLOCKING: AtomicUsize = AtomicUsize::new(0);
+
+struct BlockingJob;
+
+impl BlockingJob {
+    fn new() -> BlockingJob {
+        BLOCKING.fetch_add(1, Ordering::SeqCst);
+        BlockingJob
+    }
+}
+
+impl Drop for BlockingJob {
+    fn drop(&mut self) {
+        BLOCKING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -373,8 +397,23 @@ fn shutdown_now(deadline: Option<Instant>) -> Result<()> {
         rt.blocking
             .shutdown_timeout(left.max(Duration::from_millis(100)));
     }
+    // A name lookup cannot be interrupted: its thread exits when the
+    // resolver returns. Until then netev's threads are not all gone.
+    while BLOCKING.load(Ordering::SeqCst) > 0 && !past(deadline) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stuck = BLOCKING.load(Ordering::SeqCst);
     crate::log::stop();
     SHUTTING_DOWN.store(false, Ordering::SeqCst);
+    if stuck > 0 {
+        return Err(Error::new(
+            Status::NETEV_ERR_TIMEOUT,
+            format!(
+                "{stuck} name lookups are still running on netev threads, which exit \
+                 when the resolver returns; nothing more is delivered"
+            ),
+        ));
+    }
     Ok(())
 }
 

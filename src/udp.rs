@@ -235,6 +235,8 @@ pub struct UdpSocket {
     v6: bool,
     /// Bound to one IPv6 address: IPv4 destinations are unreachable.
     v6_only: bool,
+    /// close was called: no DATA callback starts from now on.
+    closed: std::sync::atomic::AtomicBool,
     cfg: Config,
     state: Mutex<State>,
     outbox: Mutex<Outbox>,
@@ -300,6 +302,7 @@ impl UdpSocket {
             port,
             v6,
             v6_only,
+            closed: std::sync::atomic::AtomicBool::new(false),
             cfg,
             state: Mutex::new(State {
                 socket: Some(socket),
@@ -530,6 +533,8 @@ impl UdpSocket {
     /// Stops now: the socket closes (its port is free when this returns);
     /// queued datagrams are dropped; TERMINATE follows.
     pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut st = self.lock();
         if let Some(socket) = st.socket.take() {
             drop(socket);
@@ -629,7 +634,9 @@ impl UdpSocket {
 
     /// Asks the loop for a turn, once the lock is released.
     fn kick(&self, mut st: Guard<'_, State>) {
-        if st.requested || !st.started {
+        // After the end the loop holds it no more: a request would keep it
+        // (and its loop) alive in the loop's inbox.
+        if st.requested || !st.started || st.ending {
             return;
         }
         st.requested = true;
@@ -777,8 +784,12 @@ impl UdpSocket {
         self.cfg.dispatcher.is_none() || self.outbox.lock().undelivered < UNDELIVERED_LIMIT
     }
 
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn deliver_data(self: &Arc<Self>, data: &[u8], from: &Remote) {
-        if self.cfg.on_data.is_none() {
+        if self.cfg.on_data.is_none() || self.is_closed() {
             return;
         }
         match &self.cfg.dispatcher {
@@ -913,7 +924,9 @@ impl Mailbox for UdpSocket {
         };
         let ran = match next {
             Pending::Data(bytes, from) => {
-                let ran = self.invoke(EventType::NETEV_EVENT_DATA, &bytes, &from, None);
+                // Received before close, delivered after it: dropped.
+                let ran = !self.is_closed()
+                    && self.invoke(EventType::NETEV_EVENT_DATA, &bytes, &from, None);
                 let mut out = self.outbox.lock();
                 let was_full = out.undelivered >= UNDELIVERED_LIMIT;
                 out.undelivered -= bytes.len() + ENTRY_COST;
