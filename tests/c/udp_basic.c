@@ -166,6 +166,61 @@ static ssize_t bsd_recv(int fd, unsigned char *b, size_t cap) {
   return recv(fd, b, cap, 0);
 }
 
+/* ---- the log lines API.md lists for UDP ---- */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[1 << 16];
+static size_t log_len;
+
+static void on_log(const char *line, void *ud) {
+  (void)ud;
+  pthread_mutex_lock(&log_mu);
+  size_t n = strlen(line);
+  if (log_len + n + 2 < sizeof log_text) {
+    memcpy(log_text + log_len, line, n);
+    log_len += n;
+    log_text[log_len++] = '\n';
+    log_text[log_len] = 0;
+  }
+  pthread_mutex_unlock(&log_mu);
+}
+
+static int logged(const char *what) {
+  pthread_mutex_lock(&log_mu);
+  int found = strstr(log_text, what) != NULL;
+  pthread_mutex_unlock(&log_mu);
+  return found;
+}
+
+static void log_lines(void) {
+  TEST_STAGE = "log lines";
+  CHECK_OK(netev_log_set_callback(on_log, NULL));
+  urec r;
+  urec_init(&r);
+  netev_udp_socket s = open_udp(&r, 0, "127.0.0.1");
+  uint16_t port, bport;
+  CHECK_OK(netev_udp_port(s, &port));
+  int b = bsd_udp(AF_INET, &bport);
+  bsd_send(b, AF_INET, port, (const unsigned char *)"abc", 3);
+  CHECK(wait_count(&r, 1, 5));
+  CHECK_OK(netev_udp_send(s, "hello", 5, "127.0.0.1", bport));
+  CHECK_OK(netev_udp_send(s, "x", 1, "no-such-host.invalid", 9));
+  CHECK(wait_field(&r, &r.errors, 1, 30));
+  CHECK_OK(netev_udp_release(s));
+  CHECK(wait_field(&r, &r.terminated, 1, 10));
+  char want[128];
+  double end = now_seconds() + 5 * test_time_factor();
+  while (!logged(" terminated") && now_seconds() < end) sleep_ms(5);
+  snprintf(want, sizeof want, "listening 127.0.0.1:%u", port);
+  const char *words[] = {" open", want, "received 3 bytes from 127.0.0.1:", "sent 5 bytes to 127.0.0.1:",
+                         " error ", " terminated"};
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (!logged(words[i])) FAIL("no log line with \"%s\" in:\n%s", words[i], log_text);
+  if (!logged("udp ")) FAIL("no line of kind udp in:\n%s", log_text);
+  CHECK_OK(netev_log_set_callback(NULL, NULL));
+  close(b);
+  free(r.bytes);
+}
+
 static const size_t SIZES[] = {0, 1, 2, 100, 1400, 1472, 8192, 65000, 65507};
 #define NSIZES (sizeof SIZES / sizeof SIZES[0])
 
@@ -394,6 +449,7 @@ static void names_and_bad_input(void) {
 int main(void) {
   watchdog_staged("udp_basic", 120);
   boundaries();
+  log_lines();
   names_and_bad_input();
   printf("udp_basic: ok\n");
   return 0;
