@@ -428,6 +428,8 @@ void bad_input() {
   CHECK_THROWS_STATUS(sock.join_multicast("127.0.0.1"), NETEV_ERR_INVALID_ARGUMENT);
   CHECK_THROWS_STATUS(sock.join_multicast("239.1.2.3", "nope"), NETEV_ERR_INVALID_ARGUMENT);
   CHECK_THROWS_STATUS(sock.leave_multicast("127.0.0.1"), NETEV_ERR_INVALID_ARGUMENT);
+  sock.join_multicast("239.255.1.2", "127.0.0.1");  // on the loopback interface
+  sock.leave_multicast("239.255.1.2", "127.0.0.1");
   try {
     sock.send(big, "127.0.0.1", 9);
     FAIL("no exception");

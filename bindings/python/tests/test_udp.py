@@ -325,6 +325,8 @@ def test_refused_input_raises_the_header_statuses():
             sock.join_multicast("239.1.2.3", "nope")
         with pytest.raises(netev.InvalidArgument):
             sock.leave_multicast("127.0.0.1")
+        sock.join_multicast("239.255.1.2", "127.0.0.1")  # on the loopback interface
+        sock.leave_multicast("239.255.1.2", "127.0.0.1")
         with pytest.raises(netev.InvalidArgument) as info:
             sock.send(bytes(65508), "127.0.0.1", 9)
         assert info.value.status == netev.Status.ERR_INVALID_ARGUMENT and info.value.message
