@@ -3,9 +3,11 @@
 // Written by hand (netev.h is generated); netev.h stays the API reference:
 // every wrapper here is one netev_* call, and its rules apply unchanged.
 //
-//   netev::Connection, netev::Listener, netev::Dispatcher  move-only owners
-//       of a handle; the destructor releases it (never throws).
-//   netev::ConnectionRef   a copyable, non-owning handle: what callbacks get.
+//   netev::Connection, netev::Listener, netev::UdpSocket, netev::Dispatcher
+//       move-only owners of a handle; the destructor releases it (never
+//       throws).
+//   netev::ConnectionRef, netev::UdpSocketRef   copyable, non-owning
+//       handles: what callbacks get.
 //   netev::Event           a view of one event, valid during the callback.
 //   netev::Error           thrown by every wrapper on a non-OK status.
 //
@@ -28,7 +30,8 @@
 // or shared_ptr, or call netev::Runtime::shutdown() (which runs every
 // TERMINATE) before destroying it. A listener's block (its callbacks and
 // connection defaults) is freed after the listener's TERMINATE; each
-// accepted connection gets its own copy of the defaults' callbacks.
+// accepted connection gets its own copy of the defaults' callbacks. A UDP
+// socket's block is freed as a connection's: after its TERMINATE.
 //
 // Exceptions thrown by a callback never unwind into netev: each trampoline
 // catches everything. The exception is swallowed: there is no C++ caller to
@@ -41,7 +44,11 @@
 //     CLOSE and TERMINATE follow as for netev_connection_close;
 //   - a listener's on_connection rejects the incoming connection;
 //   - a listener's on_error / on_terminate: nothing more (its block is
-//     still freed after TERMINATE).
+//     still freed after TERMINATE);
+//   - a UDP socket's callback: nothing more, the socket goes on. Unlike a
+//     connection's stream, a datagram leaves no state behind that the
+//     exception could have broken, and closing the socket would let any
+//     sender of one bad datagram end it for every other peer.
 
 #ifndef NETEV_HPP
 #define NETEV_HPP
@@ -149,10 +156,12 @@ class Event {
   netev_event_type type() const noexcept { return e_.type; }
   // "connection", "data", "error", "close", "terminate", "drain", "end".
   const char *type_name() const noexcept { return netev_event_type_name(e_.type); }
-  // The connection concerned; 0 for listener-only events.
+  // The connection concerned; 0 for listener-only events. A UDP socket's
+  // events carry the socket's handle here: use the UdpSocketRef its
+  // callbacks receive, not connection().
   netev_connection connection_handle() const noexcept { return e_.connection; }
   inline ConnectionRef connection() const noexcept;
-  // DATA: the bytes received (empty otherwise).
+  // DATA: the bytes received (empty otherwise; an empty datagram too).
   std::string_view data() const noexcept {
     return e_.data ? std::string_view(reinterpret_cast<const char *>(e_.data), e_.data_len)
                    : std::string_view();
@@ -180,12 +189,14 @@ class Event {
 // ---- callback exceptions ------------------------------------------------------
 
 // What a trampoline caught. `event_type` is the event being delivered;
-// `connection` / `listener` the object concerned (0 for the other kind).
+// `connection` / `listener` / `udp_socket` the object concerned (0 for the
+// other kinds).
 struct CallbackFailure {
   std::exception_ptr exception;
   netev_event_type event_type;
   netev_connection connection;
   netev_listener listener;
+  netev_udp_socket udp_socket = 0;
 };
 
 // Called on the callback's thread, possibly concurrently; must not throw
@@ -202,9 +213,10 @@ inline void default_exception_handler(const CallbackFailure &f) {
     what = e.what();
   } catch (...) {
   }
+  const char *kind = f.udp_socket ? "udp socket" : f.listener ? "listener" : "connection";
+  netev_connection id = f.udp_socket ? f.udp_socket : f.listener ? f.listener : f.connection;
   std::fprintf(stderr, "netev: exception escaped a %s callback of %s %llu: %s\n",
-               netev_event_type_name(f.event_type), f.listener ? "listener" : "connection",
-               static_cast<unsigned long long>(f.listener ? f.listener : f.connection),
+               netev_event_type_name(f.event_type), kind, static_cast<unsigned long long>(id),
                what.c_str());
 }
 
@@ -215,17 +227,17 @@ inline std::atomic<CallbackExceptionHandler> &exception_handler() {
 
 // Inside a catch block: hands the current exception to the handler.
 inline void report_current_exception(netev_event_type type, netev_connection conn,
-                                     netev_listener listener) noexcept {
+                                     netev_listener listener, netev_udp_socket udp = 0) noexcept {
   try {
-    CallbackFailure f{std::current_exception(), type, conn, listener};
+    CallbackFailure f{std::current_exception(), type, conn, listener, udp};
     CallbackExceptionHandler h = exception_handler().load();
     if (h) h(f);
   } catch (...) {
   }
 }
 
-// Callback blocks alive (connections' and listeners'): for tests and leak
-// hunting. Never negative: each block is freed exactly once.
+// Callback blocks alive (connections', listeners' and UDP sockets'): for
+// tests and leak hunting. Never negative: each block is freed exactly once.
 inline std::atomic<long> &live_blocks() {
   static std::atomic<long> n{0};
   return n;
@@ -239,8 +251,8 @@ inline CallbackExceptionHandler set_callback_exception_handler(CallbackException
   return detail::exception_handler().exchange(h);
 }
 
-// How many callback blocks netev still owns (connections and listeners not
-// yet past TERMINATE). 0 after Runtime::shutdown.
+// How many callback blocks netev still owns (connections, listeners and UDP
+// sockets not yet past TERMINATE). 0 after Runtime::shutdown.
 inline long live_callback_blocks() noexcept { return detail::live_blocks().load(); }
 
 // ---- connections -------------------------------------------------------------
@@ -863,7 +875,7 @@ class Dispatcher {
     detail::check(netev_dispatcher_fd(h_, &fd), "netev_dispatcher_fd");
     return fd;
   }
-  // For Options::dispatcher and ListenerOptions::dispatcher.
+  // For Options::dispatcher, ListenerOptions::dispatcher and UdpOptions::dispatcher.
   netev_dispatcher handle() const noexcept { return h_; }
   explicit operator bool() const noexcept { return h_ != 0; }
   void reset() noexcept {
@@ -1037,6 +1049,230 @@ class Listener {
  private:
   explicit Listener(netev_listener h) noexcept : h_(h) {}
   netev_listener h_ = 0;
+};
+
+// ---- UDP sockets ------------------------------------------------------------------
+
+class UdpSocket;
+
+namespace detail {
+
+// The operations on a UDP socket handle, shared by the owning UdpSocket and
+// the non-owning UdpSocketRef. D provides handle().
+template <class D>
+class UdpOps {
+ public:
+  // Sends a copy of the bytes as one datagram to `host` (an IP literal, or
+  // a name resolved in the background: a name that does not resolve is an
+  // ERROR event, NETEV_ERR_HOST_NOT_FOUND, later) and `port`. Datagrams
+  // leave in the order sent; empty bytes are an empty datagram. Throws
+  // Error: INVALID_ARGUMENT (over 65 507 bytes, or 65 527 to an IPv6
+  // literal; port 0; an empty host), BUFFER_FULL (past send_buffer_limit:
+  // nothing queued, no DRAIN follows, a later send may succeed), CLOSED
+  // (after close), an OS error refusing it at once. To answer a DATA
+  // event's sender: send(bytes, event.raw().ip, event.port()).
+  void send(std::string_view bytes, const char *host, std::uint16_t port) const {
+    send(bytes.data(), bytes.size(), host, port);
+  }
+  void send(std::string_view bytes, const std::string &host, std::uint16_t port) const {
+    send(bytes.data(), bytes.size(), host.c_str(), port);
+  }
+  void send(const void *data, std::size_t len, const char *host, std::uint16_t port) const {
+    check(netev_udp_send(h(), data, len, host, port), "netev_udp_send");
+  }
+  void send(const void *data, std::size_t len, const std::string &host, std::uint16_t port) const {
+    send(data, len, host.c_str(), port);
+  }
+  // The same without throwing: NETEV_OK, NETEV_ERR_BUFFER_FULL,
+  // NETEV_ERR_CLOSED, ... (netev_last_error_message() has the words).
+  netev_status try_send(std::string_view bytes, const char *host, std::uint16_t port) const noexcept {
+    return try_send(bytes.data(), bytes.size(), host, port);
+  }
+  netev_status try_send(std::string_view bytes, const std::string &host, std::uint16_t port) const noexcept {
+    return try_send(bytes.data(), bytes.size(), host.c_str(), port);
+  }
+  netev_status try_send(const void *data, std::size_t len, const char *host,
+                        std::uint16_t port) const noexcept {
+    return netev_udp_send(h(), data, len, host, port);
+  }
+  netev_status try_send(const void *data, std::size_t len, const std::string &host,
+                        std::uint16_t port) const noexcept {
+    return try_send(data, len, host.c_str(), port);
+  }
+
+  // The port bound (the real one when opened with 0).
+  std::uint16_t port() const {
+    std::uint16_t p = 0;
+    check(netev_udp_port(h(), &p), "netev_udp_port");
+    return p;
+  }
+  // Joins / leaves the multicast group `group` (an IPv4 or IPv6 multicast
+  // address) on the interface with IPv4 address `interface_address` (""
+  // = the default interface; IPv6 groups take "" only). Throws Error
+  // (INVALID_ARGUMENT, an OS error when the machine does not allow it,
+  // CLOSED).
+  void join_multicast(const std::string &group, const std::string &interface_address = "") const {
+    check(netev_udp_join_multicast(h(), group.c_str(), opt(interface_address)), "netev_udp_join_multicast");
+  }
+  void leave_multicast(const std::string &group, const std::string &interface_address = "") const {
+    check(netev_udp_leave_multicast(h(), group.c_str(), opt(interface_address)), "netev_udp_leave_multicast");
+  }
+  // Stops the socket: its port is free when this returns, queued datagrams
+  // are dropped, TERMINATE follows. Harmless again.
+  void close() const { check(netev_udp_close(h()), "netev_udp_close"); }
+  // The errors list, oldest first (the newest 64 are kept): failed lookups
+  // and every refused send.
+  std::vector<ErrorInfo> errors() const {
+    std::size_t n = 0;
+    check(netev_udp_error_count(h(), &n), "netev_udp_error_count");
+    std::vector<ErrorInfo> v;
+    v.reserve(n);
+    for (std::size_t i = 0; i < n; i++) {
+      netev_error_info e;
+      netev_status st = netev_udp_error_at(h(), i, &e);
+      if (st == NETEV_ERR_INVALID_ARGUMENT) break;  // the list moved on meanwhile
+      check(st, "netev_udp_error_at");
+      v.push_back(ErrorInfo{e.code, e.os_error, e.message, e.component});
+    }
+    return v;
+  }
+
+ private:
+  netev_udp_socket h() const noexcept { return static_cast<const D *>(this)->handle(); }
+  static const char *opt(const std::string &s) noexcept { return s.empty() ? nullptr : s.c_str(); }
+};
+
+}  // namespace detail
+
+// A UDP socket handle without ownership: copyable, releases nothing. What
+// UDP callbacks receive (valid inside them).
+class UdpSocketRef : public detail::UdpOps<UdpSocketRef> {
+ public:
+  UdpSocketRef() noexcept = default;
+  explicit UdpSocketRef(netev_udp_socket h) noexcept : h_(h) {}
+  netev_udp_socket handle() const noexcept { return h_; }
+  explicit operator bool() const noexcept { return h_ != 0; }
+
+ private:
+  netev_udp_socket h_ = 0;
+};
+
+// A UDP socket callback: the socket (borrowed) and the event. DATA: one
+// datagram, data() its bytes (empty for an empty one), ip()/port() its
+// sender; ERROR: error(), os_error(), message(); TERMINATE: the last
+// event, once. connection_handle() is the socket's handle.
+using UdpHandler = std::function<void(UdpSocketRef, const Event &)>;
+
+// netev_udp_options with std::function callbacks. Empty callbacks are not
+// registered.
+struct UdpOptions {
+  UdpHandler on_data;       // DATA: one datagram, never merged or split
+  UdpHandler on_error;      // ERROR: a send failed or a name did not resolve; the socket goes on
+  UdpHandler on_terminate;  // TERMINATE: after close, release or runtime shutdown; last, once
+  std::string bind_address;  // IPv4/IPv6 literal; "" = all interfaces, IPv6 and IPv4
+  bool reuse_port = false;   // SO_REUSEPORT
+  bool broadcast = false;    // SO_BROADCAST
+  std::size_t send_buffer_limit = 0;  // bytes queued but unsent; 0 = 1 MiB
+  netev_dispatcher dispatcher = 0;    // Dispatcher::handle(); 0 = netev's threads
+};
+
+namespace detail {
+
+// The callbacks of one UDP socket, owned by netev (user_data) and deleted
+// by user_data_free after TERMINATE.
+struct UdpBlock {
+  UdpHandler on_data, on_error, on_terminate;
+
+  explicit UdpBlock(UdpOptions &&o)
+      : on_data(std::move(o.on_data)),
+        on_error(std::move(o.on_error)),
+        on_terminate(std::move(o.on_terminate)) {
+    live_blocks()++;
+  }
+  ~UdpBlock() { live_blocks()--; }
+  UdpBlock(const UdpBlock &) = delete;
+  UdpBlock &operator=(const UdpBlock &) = delete;
+
+  template <UdpHandler UdpBlock::*Slot>
+  static void trampoline(netev_udp_socket sock, const netev_event *ev, void *user_data) noexcept {
+    auto *b = static_cast<UdpBlock *>(user_data);
+    try {
+      (b->*Slot)(UdpSocketRef(sock), Event(*ev));
+    } catch (...) {
+      report_current_exception(ev->type, 0, 0, sock);  // the socket goes on
+    }
+  }
+
+  static void free_block(void *user_data) noexcept { delete static_cast<UdpBlock *>(user_data); }
+};
+
+}  // namespace detail
+
+// Owns a UDP socket; the destructor releases it (netev_udp_release: closes
+// it if still open, and TERMINATE still reaches the callbacks, later).
+// Move-only; a moved-from UdpSocket holds 0 and releases nothing.
+class UdpSocket : public detail::UdpOps<UdpSocket> {
+ public:
+  UdpSocket() noexcept = default;
+  UdpSocket(UdpSocket &&o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  UdpSocket &operator=(UdpSocket &&o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, 0);
+    }
+    return *this;
+  }
+  UdpSocket(const UdpSocket &) = delete;
+  UdpSocket &operator=(const UdpSocket &) = delete;
+  ~UdpSocket() { reset(); }
+
+  // netev_udp_open: bound when this returns (port 0: a free one, see
+  // port()); datagrams are read in the background. Throws Error
+  // (ADDRESS_IN_USE, INVALID_ARGUMENT for a bad bind_address,
+  // INVALID_HANDLE for a dead dispatcher, ...); then no callback ever
+  // fires and the callbacks are destroyed here.
+  static UdpSocket open(std::uint16_t port, UdpOptions options = {}) {
+    netev_udp_options c;
+    detail::check(netev_udp_options_init(&c), "netev_udp_options_init");
+    c.bind_address = options.bind_address.empty() ? nullptr : options.bind_address.c_str();
+    c.reuse_port = options.reuse_port;
+    c.broadcast = options.broadcast;
+    c.send_buffer_limit = options.send_buffer_limit;
+    c.dispatcher = options.dispatcher;
+    std::unique_ptr<detail::UdpBlock> block;
+    if (options.on_data || options.on_error || options.on_terminate) {
+      using B = detail::UdpBlock;
+      if (options.on_data) c.on_data = &B::trampoline<&B::on_data>;
+      if (options.on_error) c.on_error = &B::trampoline<&B::on_error>;
+      if (options.on_terminate) c.on_terminate = &B::trampoline<&B::on_terminate>;
+      block.reset(new B(std::move(options)));  // bind_address stays in `options`, alive for the call
+      c.user_data = block.get();
+      c.user_data_free = &B::free_block;
+    }
+    netev_udp_socket h = 0;
+    netev_status st = netev_udp_open(port, &c, &h);
+    if (st != NETEV_OK) {
+      std::string msg = detail::last_error_message();
+      throw Error(st, "netev_udp_open", std::move(msg));  // `block` freed: netev never took it
+    }
+    block.release();  // netev owns it now: user_data_free after TERMINATE
+    return UdpSocket(h);
+  }
+
+  netev_udp_socket handle() const noexcept { return h_; }
+  UdpSocketRef ref() const noexcept { return UdpSocketRef(h_); }
+  explicit operator bool() const noexcept { return h_ != 0; }
+
+  // Releases now (as the destructor does); harmless when empty.
+  void reset() noexcept {
+    if (h_) netev_udp_release(std::exchange(h_, 0));
+  }
+  // Gives up ownership without releasing: the caller now owns the handle.
+  netev_udp_socket detach() noexcept { return std::exchange(h_, 0); }
+
+ private:
+  explicit UdpSocket(netev_udp_socket h) noexcept : h_(h) {}
+  netev_udp_socket h_ = 0;
 };
 
 // ---- the runtime ----------------------------------------------------------------

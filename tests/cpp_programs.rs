@@ -99,4 +99,5 @@ cpp_tests!(
     dispatcher_test,
     tls_test,
     additions_test,
+    udp_test,
 );

@@ -1,6 +1,6 @@
-"""netev for Python: event-driven TCP modelled on 4D's TCPConnection,
-TCPListener and TCPEvent, through netev's C ABI (ctypes, standard library
-only). ``include/netev.h`` is the reference for every rule; this module
+"""netev for Python: event-driven TCP and UDP modelled on 4D's
+TCPConnection, TCPListener, TCPEvent, UDPSocket and UDPEvent, through
+netev's C ABI (ctypes, standard library only). ``include/netev.h`` is the reference for every rule; this module
 only maps it to Python.
 
 Loading: the ``NETEV_LIB`` environment variable names libnetev.so when set;
@@ -19,7 +19,9 @@ Lifetime: the binding keeps each object's Python callables (and the object
 handed to them) alive until the object's TERMINATE; the C function pointers
 are module-level ctypes objects that live as long as the module. A client
 connection keeps running when its last Python reference is dropped; it ends
-on its own, or with close(), release() or shutdown_runtime().
+on its own, or with close(), release() or shutdown_runtime(). A listener
+and a UDP socket keep running too, and never end on their own: end them
+with terminate()/close(), release() or a ``with`` block.
 
 Zero-copy sends: :meth:`Connection.send_owned` lends netev a bytes-like
 object's buffer (PyObject_GetBuffer, through ``ctypes.pythonapi``: CPython)
@@ -73,6 +75,7 @@ from pathlib import Path
 __all__ = [
     "Connection",
     "Listener",
+    "UdpSocket",
     "Dispatcher",
     "Event",
     "ErrorInfo",
@@ -149,6 +152,7 @@ lib = _load()
 NETEV_IP_TEXT_LEN = 46
 NETEV_DEFAULT_CONNECTION_TIMEOUT_SECONDS = 30
 NETEV_DEFAULT_SEND_BUFFER_LIMIT = 8 << 20
+NETEV_UDP_DEFAULT_SEND_BUFFER_LIMIT = 1 << 20
 #: netev_connection_options.framing: DATA carries bytes as they arrive.
 FRAMING_NONE = 0
 #: Each DATA is one frame, without its delimiter.
@@ -194,6 +198,7 @@ netev_connection = c_uint64
 netev_listener = c_uint64
 netev_dispatcher = c_uint64
 netev_tls_config = c_uint64
+netev_udp_socket = c_uint64
 
 
 class netev_event(Structure):
@@ -315,6 +320,25 @@ class netev_runtime_options(Structure):
     ]
 
 
+netev_udp_callback = CFUNCTYPE(None, netev_udp_socket, POINTER(netev_event), c_void_p)
+
+
+class netev_udp_options(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("on_data", netev_udp_callback),
+        ("on_error", netev_udp_callback),
+        ("on_terminate", netev_udp_callback),
+        ("user_data", c_void_p),
+        ("user_data_free", netev_user_data_free),
+        ("bind_address", c_char_p),
+        ("reuse_port", c_bool),
+        ("broadcast", c_bool),
+        ("send_buffer_limit", c_size_t),
+        ("dispatcher", netev_dispatcher),
+    ]
+
+
 netev_log_callback = CFUNCTYPE(None, c_char_p, c_void_p)
 
 _P = POINTER
@@ -380,6 +404,17 @@ _SIGNATURES = {
     "netev_connection_send_owned": (c_enum, [netev_connection, c_void_p, c_size_t, netev_free_fn, c_void_p]),
     "netev_connection_send_frame": (c_enum, [netev_connection, c_void_p, c_size_t]),
     "netev_connection_stats_get_sized": (c_enum, [netev_connection, _P(netev_connection_stats), c_size_t]),
+    "netev_udp_options_init_sized": (c_enum, [_P(netev_udp_options), c_size_t]),
+    "netev_udp_options_init": (c_enum, [_P(netev_udp_options)]),
+    "netev_udp_open": (c_enum, [c_uint16, _P(netev_udp_options), _P(netev_udp_socket)]),
+    "netev_udp_send": (c_enum, [netev_udp_socket, c_void_p, c_size_t, c_char_p, c_uint16]),
+    "netev_udp_port": (c_enum, [netev_udp_socket, _P(c_uint16)]),
+    "netev_udp_join_multicast": (c_enum, [netev_udp_socket, c_char_p, c_char_p]),
+    "netev_udp_leave_multicast": (c_enum, [netev_udp_socket, c_char_p, c_char_p]),
+    "netev_udp_close": (c_enum, [netev_udp_socket]),
+    "netev_udp_release": (c_enum, [netev_udp_socket]),
+    "netev_udp_error_count": (c_enum, [netev_udp_socket, _P(c_size_t)]),
+    "netev_udp_error_at": (c_enum, [netev_udp_socket, c_size_t, _P(netev_error_info)]),
 }
 
 for _name, (_restype, _argtypes) in _SIGNATURES.items():
@@ -609,7 +644,8 @@ class Event:
     other types); ``ip``/``port`` the remote end; ``error``, ``os_error``
     and ``message`` are set for "error" (``error`` is the status number, 0
     otherwise); ``connection`` is the connection's handle (0 for
-    listener-only events)."""
+    listener-only events; a UDP socket's handle for its events). For a UDP
+    DATA event, ``ip``/``port`` are the datagram's sender."""
 
     __slots__ = ("type", "connection", "data", "ip", "port", "error", "os_error", "message")
 
@@ -1702,6 +1738,236 @@ class Listener:
     def __repr__(self) -> str:
         state = " terminated" if self._terminated else ""
         return f"<netev.Listener handle={self._handle}{state}>"
+
+
+# ---------------------------------------------------------------------------
+# UDP sockets
+# ---------------------------------------------------------------------------
+
+_UDP_CALLBACK_NAMES = ("on_data", "on_error", "on_terminate")
+_UDP_SLOT_FOR_TYPE = {
+    EVENT_DATA: "on_data",
+    EVENT_ERROR: "on_error",
+    EVENT_TERMINATE: "on_terminate",
+}
+_udp_registry: dict = {}  # token -> _UdpEntry, until user_data_free
+
+
+class _UdpEntry:
+    __slots__ = ("sock", "callbacks")
+
+    def __init__(self, sock, callbacks):
+        self.sock = sock
+        self.callbacks = callbacks
+
+
+def _udp_trampoline(handle, event_p, user_data):
+    try:
+        entry = _udp_registry.get(user_data)
+        if entry is None:
+            return
+        sock = entry.sock
+        if not sock._handle:
+            sock._handle = handle  # an event before open() returned
+        code = event_p.contents.type
+        if code == EVENT_TERMINATE:
+            sock._terminated = True
+        slot = _UDP_SLOT_FOR_TYPE.get(code)
+        cb = entry.callbacks.get(slot)
+        if cb is None:
+            return
+        ev = Event._from_c(event_p)
+        try:
+            cb(sock, ev)
+        except BaseException as exc:  # noqa: BLE001 - the socket goes on
+            _report(exc, sock, f"udp {slot}")
+    except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
+        _report(exc, None, "netev binding (udp)")
+
+
+def _udp_free_trampoline(user_data):
+    try:
+        _udp_registry.pop(user_data, None)
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+# Alive as long as the module, as the other C function pointers.
+_UDP_CB = netev_udp_callback(_udp_trampoline)
+_UDP_FREE_CB = netev_user_data_free(_udp_free_trampoline)
+_NULL_UDP_CB = netev_udp_callback()  # a NULL slot
+
+
+class UdpSocket:
+    """A UDP socket (4D's UDPSocket). Open one with :meth:`UdpSocket.open`;
+    every callback is called as ``callback(sock, event)``:
+
+    - ``on_data``: one datagram, never merged or split: ``event.data`` its
+      bytes (b"" for an empty one), ``event.ip``/``event.port`` its sender;
+    - ``on_error``: a send the OS refused, or a name that did not resolve
+      (``event.error`` is ``Status.ERR_HOST_NOT_FOUND``); the socket goes
+      on;
+    - ``on_terminate``: the last event, once, after :meth:`close`,
+      :meth:`release` or :func:`shutdown_runtime`.
+
+    An exception raised by a callback is reported (``callback_errors``,
+    ``sys.unraisablehook``) and the socket goes on.
+
+    The socket is owned: :meth:`release` (or leaving a ``with`` block)
+    gives the handle back and closes it if still open. It never ends on its
+    own: while open, the binding keeps it (and its callbacks) alive even
+    without a reference of yours."""
+
+    def __init__(self, handle: int):
+        self._handle = handle
+        self._owned = True
+        self._terminated = False
+        self._dispatcher = None
+        #: Exceptions raised by this socket's callbacks (newest 64).
+        self.callback_errors: list = []
+
+    @classmethod
+    def open(
+        cls,
+        port: int = 0,
+        *,
+        on_data=None,
+        on_error=None,
+        on_terminate=None,
+        bind_address: str | None = None,
+        reuse_port: bool = False,
+        broadcast: bool = False,
+        send_buffer_limit: int = 0,
+        dispatcher=None,
+    ) -> "UdpSocket":
+        """Opens a socket bound to ``port`` (0: a free one, see
+        :attr:`port`) when this returns; datagrams are read in the
+        background. ``bind_address``: the local IP (None: every interface,
+        IPv6 and IPv4; an IPv4 sender shows as "a.b.c.d"). ``reuse_port``:
+        SO_REUSEPORT; ``broadcast``: SO_BROADCAST. ``send_buffer_limit``:
+        bytes of datagrams queued but unsent before :meth:`send` raises
+        BufferFull (0: 1 MiB). Raises AddressInUse, InvalidArgument (a
+        bind address that is no IP), InvalidHandle (a released
+        dispatcher); then no callback ever fires."""
+        callbacks = {"on_data": on_data, "on_error": on_error, "on_terminate": on_terminate}
+        for name, cb in callbacks.items():
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{name} must be callable")
+        port = _port(port)
+        limit = int(send_buffer_limit)
+        if limit < 0:
+            raise _bad("send_buffer_limit must be >= 0")
+        sock = cls(0)
+        if isinstance(dispatcher, Dispatcher):
+            sock._dispatcher = dispatcher
+        opts = _new_options(netev_udp_options, lib.netev_udp_options_init_sized)
+        token = next(_tokens)
+        for name in _UDP_CALLBACK_NAMES:
+            # TERMINATE is always delivered to the binding: it marks the end.
+            wanted = callbacks[name] is not None or name == "on_terminate"
+            setattr(opts, name, _UDP_CB if wanted else _NULL_UDP_CB)
+        opts.user_data = token
+        opts.user_data_free = _UDP_FREE_CB
+        bind = _cstr(bind_address, "bind_address") if bind_address is not None else None
+        opts.bind_address = bind
+        opts.reuse_port = bool(reuse_port)
+        opts.broadcast = bool(broadcast)
+        opts.send_buffer_limit = limit
+        opts.dispatcher = _dispatcher_handle(dispatcher)
+        _udp_registry[token] = _UdpEntry(sock, {k: v for k, v in callbacks.items() if v is not None})
+        out = netev_udp_socket()
+        try:
+            _call(lib.netev_udp_open, port, byref(opts), byref(out))
+        except BaseException:
+            _udp_registry.pop(token, None)  # no callback ever fires
+            raise
+        sock._handle = out.value
+        return sock
+
+    @property
+    def handle(self) -> int:
+        return self._handle
+
+    def send(self, data, host: str, port: int) -> None:
+        """Sends a copy of ``data`` (bytes-like; b"" is an empty datagram)
+        as one datagram to ``host`` (an IP literal, or a name resolved in
+        the background: one that does not resolve is an ERROR event later,
+        HostNotFound, and its datagrams are dropped) and ``port``.
+        Datagrams leave in the order sent. To answer a DATA event:
+        ``sock.send(reply, event.ip, event.port)``.
+
+        Raises InvalidArgument (over 65 507 bytes, or 65 527 to an IPv6
+        literal; port 0; an empty host), BufferFull (past
+        ``send_buffer_limit``: nothing queued, and no DRAIN follows: a later
+        send may succeed), ConnectionClosed (after close), an OS error
+        refusing it at once (NetevPermissionDenied for a broadcast address
+        without ``broadcast``)."""
+        if not isinstance(data, bytes):
+            data = bytes(memoryview(data))  # bytes-like (not bytes(n): n zeros)
+        _call(lib.netev_udp_send, self._handle, data, len(data), _cstr(host, "host"), _port(port))
+
+    @property
+    def port(self) -> int:
+        """The port bound (the real one when opened with 0)."""
+        out = c_uint16()
+        _call(lib.netev_udp_port, self._handle, byref(out))
+        return out.value
+
+    def join_multicast(self, group: str, interface_address: str | None = None) -> None:
+        """Joins the multicast group ``group`` (an IPv4 or IPv6 multicast
+        address) on the interface with IPv4 address ``interface_address``
+        (None: the default interface; IPv6 groups take None only). Raises
+        InvalidArgument, an OS error when the machine does not allow it,
+        ConnectionClosed."""
+        iface = _cstr(interface_address, "interface_address") if interface_address is not None else None
+        _call(lib.netev_udp_join_multicast, self._handle, _cstr(group, "group"), iface)
+
+    def leave_multicast(self, group: str, interface_address: str | None = None) -> None:
+        """Leaves a group joined with :meth:`join_multicast`."""
+        iface = _cstr(interface_address, "interface_address") if interface_address is not None else None
+        _call(lib.netev_udp_leave_multicast, self._handle, _cstr(group, "group"), iface)
+
+    def close(self) -> None:
+        """Stops the socket: its port is free when this returns, queued
+        datagrams are dropped, TERMINATE follows. Harmless again; the
+        handle stays valid until released."""
+        _call(lib.netev_udp_close, self._handle)
+
+    def release(self) -> None:
+        """Gives the handle back, closing the socket if it is open
+        (TERMINATE still follows)."""
+        _call(lib.netev_udp_release, self._handle)
+        self._owned = False
+
+    @property
+    def errors(self) -> list:
+        """The errors list: ErrorInfo entries, oldest first (the newest 64):
+        names that did not resolve and every refused send."""
+        return _errors(lib.netev_udp_error_count, lib.netev_udp_error_at, self._handle)
+
+    @property
+    def terminated(self) -> bool:
+        """True once TERMINATE was delivered."""
+        return self._terminated
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._owned:
+            self.release()
+
+    def __del__(self):
+        try:
+            if self._owned and self._handle:
+                self._owned = False
+                lib.netev_udp_release(self._handle)
+        except Exception:  # noqa: BLE001 - interpreter exit
+            pass
+
+    def __repr__(self) -> str:
+        state = " terminated" if self._terminated else ""
+        return f"<netev.UdpSocket handle={self._handle}{state}>"
 
 
 # ---------------------------------------------------------------------------

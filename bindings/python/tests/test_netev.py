@@ -121,6 +121,7 @@ _OPTIONS = (
     (netev.netev_connection_options, "netev_connection_options"),
     (netev.netev_listener_options, "netev_listener_options"),
     (netev.netev_runtime_options, "netev_runtime_options"),
+    (netev.netev_udp_options, "netev_udp_options"),
 )
 
 
@@ -167,6 +168,7 @@ def test_struct_layout_matches_header(tmp_path):
         netev.netev_runtime_options,
         netev.netev_connection_stats,
         netev.netev_tls_options,
+        netev.netev_udp_options,
     ]
     lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "netev.h"', "int main(void) {"]
     expected = []
