@@ -66,7 +66,8 @@
 #define NETEV_FRAMING_LENGTH_PREFIX 2
 
 /**
- * Bytes `send` may queue when `send_buffer_limit` is 0.
+ * Bytes of datagrams a UDP socket may queue when its `send_buffer_limit`
+ * is 0.
  */
 #define NETEV_UDP_DEFAULT_SEND_BUFFER_LIMIT (1 << 20)
 
@@ -94,7 +95,7 @@ typedef enum netev_status {
    */
   NETEV_ERR_CLOSED = 4,
   /**
-   * The send would pass the connection's send-buffer limit.
+   * The send would pass the connection's (or UDP socket's) send-buffer limit.
    */
   NETEV_ERR_BUFFER_FULL = 5,
   /**
@@ -1471,8 +1472,9 @@ enum netev_status netev_udp_open(uint16_t port,
 /**
  * Sends a copy of `len` bytes at `data` as one datagram to `host` (an IP
  * literal, or a name resolved in the background: the datagram waits,
- * after those sent before it, until the name resolves; a resolved name is
- * kept 30 s) and `port`. Datagrams leave in the order sent. With nothing
+ * after those sent before it, until the name resolves; the first address
+ * the resolver gives that the socket can reach is used, and kept 30 s)
+ * and `port`. Datagrams leave in the order sent. With nothing
  * queued it goes out on the calling thread. `data` may be NULL when `len`
  * is 0 (an empty datagram). A name that does not resolve gives an ERROR
  * event (NETEV_ERR_HOST_NOT_FOUND) and its datagrams are dropped; the
@@ -1504,9 +1506,11 @@ enum netev_status netev_udp_port(netev_udp_socket sock, uint16_t *out);
  * Joins the multicast group `group` (an IPv4 or IPv6 multicast address)
  * on the interface with IPv4 address `interface_address` (NULL = the
  * default interface; IPv6 groups take NULL only).
- * Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a bad
- * interface address), an OS error when the machine does not allow it,
- * NETEV_ERR_CLOSED, NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+ * Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a group
+ * of a family the socket does not have, a bad interface address), an OS
+ * error when the machine does not allow it, NETEV_ERR_CLOSED,
+ * NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE; each failure is also
+ * in the socket's errors list.
  */
 enum netev_status netev_udp_join_multicast(netev_udp_socket sock,
                                            const char *group,

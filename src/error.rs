@@ -22,7 +22,7 @@ pub enum netev_status {
     NETEV_ERR_INVALID_HANDLE = 3,
     /// A send after shutdown or close.
     NETEV_ERR_CLOSED = 4,
-    /// The send would pass the connection's send-buffer limit.
+    /// The send would pass the connection's (or UDP socket's) send-buffer limit.
     NETEV_ERR_BUFFER_FULL = 5,
     /// A wait, a connect or an idle timeout ran out.
     NETEV_ERR_TIMEOUT = 6,

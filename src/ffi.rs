@@ -1327,8 +1327,9 @@ pub extern "C" fn netev_udp_open(
 
 /// Sends a copy of `len` bytes at `data` as one datagram to `host` (an IP
 /// literal, or a name resolved in the background: the datagram waits,
-/// after those sent before it, until the name resolves; a resolved name is
-/// kept 30 s) and `port`. Datagrams leave in the order sent. With nothing
+/// after those sent before it, until the name resolves; the first address
+/// the resolver gives that the socket can reach is used, and kept 30 s)
+/// and `port`. Datagrams leave in the order sent. With nothing
 /// queued it goes out on the calling thread. `data` may be NULL when `len`
 /// is 0 (an empty datagram). A name that does not resolve gives an ERROR
 /// event (NETEV_ERR_HOST_NOT_FOUND) and its datagrams are dropped; the
@@ -1381,9 +1382,11 @@ pub extern "C" fn netev_udp_port(sock: netev_udp_socket, out: *mut u16) -> netev
 /// Joins the multicast group `group` (an IPv4 or IPv6 multicast address)
 /// on the interface with IPv4 address `interface_address` (NULL = the
 /// default interface; IPv6 groups take NULL only).
-/// Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a bad
-/// interface address), an OS error when the machine does not allow it,
-/// NETEV_ERR_CLOSED, NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
+/// Returns NETEV_ERR_INVALID_ARGUMENT (not a multicast address, a group
+/// of a family the socket does not have, a bad interface address), an OS
+/// error when the machine does not allow it, NETEV_ERR_CLOSED,
+/// NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE; each failure is also
+/// in the socket's errors list.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_udp_join_multicast(
     sock: netev_udp_socket,

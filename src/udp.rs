@@ -107,7 +107,8 @@ unsafe impl Versioned for netev_udp_options {
     ];
 }
 
-/// Bytes `send` may queue when `send_buffer_limit` is 0.
+/// Bytes of datagrams a UDP socket may queue when its `send_buffer_limit`
+/// is 0.
 pub const NETEV_UDP_DEFAULT_SEND_BUFFER_LIMIT: usize = 1 << 20;
 /// The largest datagram to an IPv4 address (65 535 minus the IP and UDP headers).
 const MAX_DATAGRAM_V4: usize = 65_507;
@@ -599,7 +600,9 @@ impl UdpSocket {
                     })?,
                 };
                 if self.v6_only {
-                    Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+                    return Err(self.refuse_call(Error::invalid(format!(
+                        "{g} is an IPv4 group; this socket is bound to an IPv6 address"
+                    ))));
                 } else if join {
                     s.join_multicast_v4(&g, &ifa)
                 } else {
@@ -613,7 +616,9 @@ impl UdpSocket {
                     ));
                 }
                 if !self.v6 {
-                    Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+                    return Err(self.refuse_call(Error::invalid(format!(
+                        "{g} is an IPv6 group; this socket is IPv4 only"
+                    ))));
                 } else if join {
                     s.join_multicast_v6(&g, 0)
                 } else {
