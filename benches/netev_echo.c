@@ -177,6 +177,9 @@ int main(int argc, char **argv) {
     uo.on_data = on_datagram;
     uo.on_error = on_udp_error;
     uo.dispatcher = d;
+    /* IPv4, as libuv's and the raw server's sockets: netev's default is
+     * dual-stack, whose IPv4-mapped path costs the kernel more. */
+    uo.bind_address = "0.0.0.0";
     check(netev_udp_open((uint16_t)port, &uo, &usock), "udp_open");
     check(netev_udp_port(usock, &real_port), "udp_port");
   } else {
