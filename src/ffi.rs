@@ -1372,10 +1372,19 @@ pub extern "C" fn netev_udp_send(
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_udp_port(sock: netev_udp_socket, out: *mut u16) -> netev_status {
+    udp_property(sock, out, |s| s.port())
+}
+
+/// Stores one property of a live UDP socket through a required out-pointer.
+fn udp_property<T>(
+    sock: netev_udp_socket,
+    out: *mut T,
+    get: impl FnOnce(&UdpSocket) -> T,
+) -> netev_status {
     boundary(|| {
         need(out, "out")?;
         let s = UdpSocket::get(sock)?;
-        put(out, "out", s.port())
+        put(out, "out", get(&s))
     })
 }
 
@@ -1452,11 +1461,7 @@ pub extern "C" fn netev_udp_release(sock: netev_udp_socket) -> netev_status {
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_udp_error_count(sock: netev_udp_socket, out: *mut usize) -> netev_status {
-    boundary(|| {
-        need(out, "out")?;
-        let s = UdpSocket::get(sock)?;
-        put(out, "out", s.error_count())
-    })
+    udp_property(sock, out, |s| s.error_count())
 }
 
 /// Copies entry `index` (0 = oldest) of the errors list into `*out`.
