@@ -209,6 +209,8 @@ struct State {
     key: usize,
     started: bool,
     ending: bool,
+    /// TERMINATE is being delivered, or was.
+    terminating: bool,
     terminated: bool,
     host_refs: u32,
     errors: ErrorList,
@@ -316,6 +318,7 @@ impl UdpSocket {
                 key: 0,
                 started: false,
                 ending: false,
+                terminating: false,
                 terminated: false,
                 host_refs: 1,
                 errors: ErrorList::default(),
@@ -550,9 +553,9 @@ impl UdpSocket {
             return Err(Error::handle(self.id, "UDP socket (already released)"));
         }
         st.host_refs -= 1;
-        let terminated = st.terminated;
+        let ending = st.terminating;
         drop(st);
-        if terminated {
+        if ending {
             registry::remove(self.id);
         } else {
             self.close();
@@ -853,6 +856,11 @@ impl UdpSocket {
 
     /// Calls the host's callback for `ty`; returns whether one ran.
     fn invoke(&self, ty: EventType, data: &[u8], from: &Remote, error: Option<&Error>) -> bool {
+        if ty == EventType::NETEV_EVENT_TERMINATE {
+            // From here a release gives the handle back at once (as for
+            // connections): the host has seen, or is seeing, the end.
+            self.lock().terminating = true;
+        }
         let cb = self.cfg.callback(ty);
         if let Some(cb) = cb {
             let mut ev = netev_event::new(ty, self.id, from).with_data(data);
