@@ -10,6 +10,7 @@
 //       handles: what callbacks get.
 //   netev::Event           a view of one event, valid during the callback.
 //   netev::Error           thrown by every wrapper on a non-OK status.
+//   netev::log_open, log_close, set_log_callback   the lifecycle log.
 //
 // Errors are exceptions, not expected-style returns: C++17 has no
 // std::expected, a home-made one would be one more type for every caller
@@ -49,6 +50,8 @@
 //     connection's stream, a datagram leaves no state behind that the
 //     exception could have broken, and closing the socket would let any
 //     sender of one bad datagram end it for every other peer.
+//   - the log callback: nothing more, it stays installed and gets the next
+//     line (a line is a report, nothing is left half-done by a failure).
 
 #ifndef NETEV_HPP
 #define NETEV_HPP
@@ -56,6 +59,7 @@
 #include <netev.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -63,6 +67,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -190,13 +195,15 @@ class Event {
 
 // What a trampoline caught. `event_type` is the event being delivered;
 // `connection` / `listener` / `udp_socket` the object concerned (0 for the
-// other kinds).
+// other kinds). `log_callback` is true for the log callback, which has no
+// event or object (event_type 0, handles 0).
 struct CallbackFailure {
   std::exception_ptr exception;
   netev_event_type event_type;
   netev_connection connection;
   netev_listener listener;
   netev_udp_socket udp_socket = 0;
+  bool log_callback = false;
 };
 
 // Called on the callback's thread, possibly concurrently; must not throw
@@ -213,6 +220,10 @@ inline void default_exception_handler(const CallbackFailure &f) {
     what = e.what();
   } catch (...) {
   }
+  if (f.log_callback) {
+    std::fprintf(stderr, "netev: exception escaped the log callback: %s\n", what.c_str());
+    return;
+  }
   const char *kind = f.udp_socket ? "udp socket" : f.listener ? "listener" : "connection";
   netev_connection id = f.udp_socket ? f.udp_socket : f.listener ? f.listener : f.connection;
   std::fprintf(stderr, "netev: exception escaped a %s callback of %s %llu: %s\n",
@@ -227,9 +238,10 @@ inline std::atomic<CallbackExceptionHandler> &exception_handler() {
 
 // Inside a catch block: hands the current exception to the handler.
 inline void report_current_exception(netev_event_type type, netev_connection conn,
-                                     netev_listener listener, netev_udp_socket udp = 0) noexcept {
+                                     netev_listener listener, netev_udp_socket udp = 0,
+                                     bool log_callback = false) noexcept {
   try {
-    CallbackFailure f{std::current_exception(), type, conn, listener, udp};
+    CallbackFailure f{std::current_exception(), type, conn, listener, udp, log_callback};
     CallbackExceptionHandler h = exception_handler().load();
     if (h) h(f);
   } catch (...) {
@@ -1293,6 +1305,169 @@ struct Runtime {
   }
   static const char *version() noexcept { return netev_version(); }
 };
+
+// ---- the lifecycle log ------------------------------------------------------------
+
+// netev_log_open: appends the lifecycle log (one line per step of each
+// connection, listener and UDP socket) to the file at `path`, created if
+// needed, replacing any log file already open. Throws Error
+// (PERMISSION_DENIED, IO; INVALID_ARGUMENT for a path that is not UTF-8).
+// No try_ variant: a log that cannot be opened is not normal flow.
+inline void log_open(const std::string &path) {
+  detail::check(netev_log_open(path.c_str()), "netev_log_open");
+}
+// netev_log_close: closes the log file, if one is open (harmless again).
+inline void log_close() { detail::check(netev_log_close(), "netev_log_close"); }
+
+// The log callback: one line, "<UTC timestamp> <kind> <id> <what>" without
+// a newline, borrowed until it returns (copy what you keep). It runs on
+// any thread (netev's, a dispatcher's, or yours inside the netev call that
+// logged), concurrently with itself, and may call any netev function.
+using LogHandler = std::function<void(std::string_view line)>;
+
+namespace detail {
+
+// The log callback's state. netev gets one static trampoline with this
+// object as user_data, never a block per callback, so that what netev
+// holds never dangles; the std::function lives in a shared_ptr that every
+// running call copies. Why not a block per callback freed by
+// set_log_callback, as netev_log_set_callback's contract would allow?
+// Replaced from inside the log callback (which the contract allows and the
+// wrapper must support), netev does not wait for calls of the old callback
+// running on other threads, and no later call of netev says when they have
+// returned (a replacement waits only for "the callback it replaced"), so
+// such a block could never be freed safely. With the shared_ptr the old
+// function is destroyed by whichever holder lets go last: set_log_callback
+// itself when it waited (outside any log callback), or else the last
+// call of it still running, on that call's thread once it returned.
+struct LogState {
+  std::mutex mu;
+  std::condition_variable call_ended;
+  std::shared_ptr<const LogHandler> current;  // null: no callback
+  std::uint64_t generation = 0;               // of `current`, bumped by each set
+  // (generation, calls of it running now), for generations with calls running.
+  std::vector<std::pair<std::uint64_t, std::size_t>> in_flight;
+};
+
+// Never destroyed: netev's threads may still log while statics are being
+// destroyed at exit. Reachable from here, so not a leak for LeakSanitizer.
+inline LogState &log_state() {
+  static LogState *s = new LogState;
+  return *s;
+}
+
+// Calls of log_trampoline running on this thread (nested ones count):
+// set_log_callback must not wait for calls when it is one of them.
+inline int &log_depth() {
+  static thread_local int depth = 0;
+  return depth;
+}
+
+inline void log_trampoline(const char *line, void *user_data) noexcept {
+  auto *s = static_cast<LogState *>(user_data);
+  std::shared_ptr<const LogHandler> fn;
+  std::uint64_t gen = 0;
+  {
+    std::lock_guard<std::mutex> g(s->mu);
+    if (!s->current) return;  // cleared; netev's registration follows shortly
+    fn = s->current;
+    gen = s->generation;
+    auto it = s->in_flight.begin();
+    while (it != s->in_flight.end() && it->first != gen) ++it;
+    if (it == s->in_flight.end())
+      s->in_flight.emplace_back(gen, 1);  // reserved by set_log_callback: cannot throw
+    else
+      it->second++;
+  }
+  log_depth()++;
+  try {
+    (*fn)(std::string_view(line));
+  } catch (...) {
+    report_current_exception(static_cast<netev_event_type>(0), 0, 0, 0, true);  // it stays installed
+  }
+  // Let go of the function before the count drops, so that a waiting
+  // set_log_callback holds the last reference and destroys it itself. If
+  // it was replaced from inside a callback, this may be the last one: its
+  // captures are destroyed here, still counted as inside the callback (a
+  // destructor calling set_log_callback does not wait for this very call).
+  fn.reset();
+  log_depth()--;
+  std::lock_guard<std::mutex> g(s->mu);
+  for (auto it = s->in_flight.begin(); it != s->in_flight.end(); ++it) {
+    if (it->first == gen) {
+      if (--it->second == 0) {
+        s->in_flight.erase(it);
+        s->call_ended.notify_all();
+      }
+      break;
+    }
+  }
+}
+
+// Makes netev's registration match `current`: the trampoline while there
+// is a function (netev then formats lines for it), none without (netev
+// formats nothing when no file is open either). Two set_log_callback calls
+// racing may register out of order, so each checks afterwards and goes
+// again until what is registered matches; no lock is held during the
+// netev call, which waits for calls that may themselves set the callback.
+inline void sync_log_registration(LogState &s) {
+  for (;;) {
+    bool want;
+    {
+      std::lock_guard<std::mutex> g(s.mu);
+      want = s.current != nullptr;
+    }
+    check(netev_log_set_callback(want ? &log_trampoline : nullptr, want ? &s : nullptr),
+          "netev_log_set_callback");
+    std::lock_guard<std::mutex> g(s.mu);
+    if ((s.current != nullptr) == want) return;
+  }
+}
+
+}  // namespace detail
+
+// netev_log_set_callback with a std::function: every log line goes to `fn`
+// (as well as to the log file, if one is open); an empty function (or
+// nullptr) removes it. Exceptions `fn` throws go to the callback exception
+// handler, and `fn` stays installed. Throws Error only if
+// netev_log_set_callback fails, which its contract never has it do.
+//
+// Outside the log callback, when this returns, no call of any earlier
+// function is still running and none starts again, and the function it
+// replaced has been destroyed, here. So `fn` may capture by reference what
+// outlives the set_log_callback that removes it (it stays installed across
+// netev::Runtime::shutdown: remove it before what it captures goes away).
+// It waits for calls running on other threads, so do not call it holding a
+// lock your log callback takes.
+// Inside the log callback (replacing or removing itself, say), it does not
+// wait: the earlier function is never called again, but calls of it
+// already running on other threads, this one included, finish, and it is
+// destroyed when the last of them returns, on that thread.
+//
+// Use this or netev_log_set_callback, not both: each replaces the other's
+// callback without telling it.
+inline void set_log_callback(LogHandler fn) {
+  detail::LogState &s = detail::log_state();
+  std::shared_ptr<const LogHandler> next;
+  if (fn) next = std::make_shared<const LogHandler>(std::move(fn));
+  std::shared_ptr<const LogHandler> old;  // destroyed last, with no lock held
+  std::uint64_t gen;
+  {
+    std::lock_guard<std::mutex> g(s.mu);
+    // room for the new generation's count, so a call never allocates
+    s.in_flight.reserve(s.in_flight.size() + 1);
+    old = std::exchange(s.current, std::move(next));
+    gen = ++s.generation;
+  }
+  detail::sync_log_registration(s);
+  if (detail::log_depth() > 0) return;  // inside the log callback: no wait (see above)
+  std::unique_lock<std::mutex> g(s.mu);
+  s.call_ended.wait(g, [&] {
+    for (auto &e : s.in_flight)
+      if (e.first < gen) return false;
+    return true;
+  });
+}
 
 }  // namespace netev
 

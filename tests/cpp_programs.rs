@@ -100,4 +100,5 @@ cpp_tests!(
     tls_test,
     additions_test,
     udp_test,
+    log_test,
 );
