@@ -168,26 +168,30 @@ impl Connection {
         if matches!(after, After::Terminated) {
             self.lock().terminating = true;
         }
+        let cfg = self.cfg();
+        let remote = self.remote();
+        // Everything the callback needs is made first (an allocation can
+        // take long, under a sanitizer above all), so that the check below
+        // sits right before the callback.
+        let message = error.map(|e| CString::new(e.message.replace('\0', " ")).unwrap_or_default());
+        let mut ev = netev_event::new(ty, self.id, &remote).with_data(data);
+        if let (Some(e), Some(m)) = (error, &message) {
+            ev = ev.with_error(e, m);
+        }
         // The host may have closed after the failure was decided and before
         // its ERROR began: close's word (CLOSE, never ERROR) holds, decided
         // as late as the callback itself can be.
-        let (ty, error) = match ty {
-            EventType::NETEV_EVENT_ERROR if self.lock().close_requested => {
-                (EventType::NETEV_EVENT_CLOSE, None)
-            }
-            _ => (ty, error),
+        let (ty, ev) = match ty {
+            EventType::NETEV_EVENT_ERROR if self.lock().close_requested => (
+                EventType::NETEV_EVENT_CLOSE,
+                netev_event::new(EventType::NETEV_EVENT_CLOSE, self.id, &remote),
+            ),
+            _ => (ty, ev),
         };
-        let cfg = self.cfg();
         let cb = cfg.callback(ty);
         if let Some(cb) = cb {
             if ty == EventType::NETEV_EVENT_DATA {
                 super::stats::Counters::add(&self.counters.data_events, 1);
-            }
-            let mut ev = netev_event::new(ty, self.id, &self.remote()).with_data(data);
-            let message;
-            if let Some(e) = error {
-                message = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
-                ev = ev.with_error(e, &message);
             }
             let outer = CURRENT.replace(self);
             call_host(|| {
