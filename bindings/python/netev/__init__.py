@@ -827,26 +827,31 @@ class _ListenerEntry:
         self.defaults = defaults
 
 
+def _deliver(obj, callbacks, slots, handle, event_p, label):
+    """Runs the Python callback for one C event of `obj` (a Connection or a
+    UdpSocket): the handle noted if the event came before open() returned,
+    TERMINATE noted, the callback's exception reported, never raised."""
+    if not obj._handle:
+        obj._handle = handle  # an event before open() returned
+    code = event_p.contents.type
+    if code == EVENT_TERMINATE:
+        obj._terminated = True
+    slot = slots.get(code)
+    cb = callbacks.get(slot)
+    if cb is None:
+        return
+    ev = Event._from_c(event_p)
+    try:
+        cb(obj, ev)
+    except BaseException as exc:  # noqa: BLE001
+        _report(exc, obj, slot if label is None else f"{label} {slot}")
+
+
 def _conn_trampoline(handle, event_p, user_data):
     try:
         entry = _conn_registry.get(user_data)
-        if entry is None:
-            return
-        conn = entry.conn
-        if not conn._handle:
-            conn._handle = handle  # an event before open() returned
-        code = event_p.contents.type
-        if code == EVENT_TERMINATE:
-            conn._terminated = True
-        slot = _SLOT_FOR_TYPE.get(code)
-        cb = entry.callbacks.get(slot)
-        if cb is None:
-            return
-        ev = Event._from_c(event_p)
-        try:
-            cb(conn, ev)
-        except BaseException as exc:  # noqa: BLE001
-            _report(exc, conn, slot)
+        if entry is not None:
+            _deliver(entry.conn, entry.callbacks, _SLOT_FOR_TYPE, handle, event_p, None)
     except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
         _report(exc, None, "netev binding (connection)")
 
@@ -1764,23 +1769,9 @@ class _UdpEntry:
 def _udp_trampoline(handle, event_p, user_data):
     try:
         entry = _udp_registry.get(user_data)
-        if entry is None:
-            return
-        sock = entry.sock
-        if not sock._handle:
-            sock._handle = handle  # an event before open() returned
-        code = event_p.contents.type
-        if code == EVENT_TERMINATE:
-            sock._terminated = True
-        slot = _UDP_SLOT_FOR_TYPE.get(code)
-        cb = entry.callbacks.get(slot)
-        if cb is None:
-            return
-        ev = Event._from_c(event_p)
-        try:
-            cb(sock, ev)
-        except BaseException as exc:  # noqa: BLE001 - the socket goes on
-            _report(exc, sock, f"udp {slot}")
+        if entry is not None:
+            # the socket goes on after a callback's exception
+            _deliver(entry.sock, entry.callbacks, _UDP_SLOT_FOR_TYPE, handle, event_p, "udp")
     except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
         _report(exc, None, "netev binding (udp)")
 
