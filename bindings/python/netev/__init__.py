@@ -20,8 +20,18 @@ handed to them) alive until the object's TERMINATE; the C function pointers
 are module-level ctypes objects that live as long as the module. A client
 connection keeps running when its last Python reference is dropped; it ends
 on its own, or with close(), release() or shutdown_runtime(). A listener
-and a UDP socket keep running too, and never end on their own: end them
-with terminate()/close(), release() or a ``with`` block.
+and a UDP socket never end on their own: they end with terminate()/close(),
+release(), a ``with`` block, or when their last Python reference is dropped
+(then their port is free again, and their TERMINATE still reaches
+``on_terminate``).
+
+asyncio: :meth:`Connection.wait_connected`, :meth:`Connection.drain` and
+:meth:`Connection.wait_closed` are awaitables, and ``async for connection in
+listener`` takes accepted connections; they work with callbacks on any
+thread, and with a :class:`Dispatcher` attached to the loop every callback
+runs on the loop's thread as well. Calls that would block (``wait()``,
+``Dispatcher.run()`` with a timeout) raise RuntimeError inside a running
+loop.
 
 Zero-copy sends: :meth:`Connection.send_owned` lends netev a bytes-like
 object's buffer (PyObject_GetBuffer, through ``ctypes.pythonapi``: CPython)
@@ -51,6 +61,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -71,6 +82,8 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
+
+from . import _waiters
 
 __all__ = [
     "Connection",
@@ -771,6 +784,7 @@ _conn_registry: dict = {}  # token -> _ConnEntry, until user_data_free
 _listener_registry: dict = {}  # token -> _ListenerEntry, until TERMINATE
 
 _CALLBACK_NAMES = ("on_connection", "on_data", "on_shutdown", "on_error", "on_terminate", "on_drain", "on_end")
+_ALWAYS_DELIVERED = ("on_connection", "on_shutdown", "on_error", "on_terminate", "on_drain")
 _SLOT_FOR_TYPE = {
     EVENT_CONNECTION: "on_connection",
     EVENT_DATA: "on_data",
@@ -816,11 +830,47 @@ class _ConnEntry:
         self.keep = keep
 
 
+def _nobody():
+    return None
+
+
+class _Owner:
+    """A registry entry's hold on the Python object that owns a handle
+    (a Listener, a UdpSocket): weak, so that dropping the last reference
+    of yours releases it, as a dropped Python socket closes. An event
+    after that (its TERMINATE) gets an unowned stand-in of the same class."""
+
+    __slots__ = ("_ref", "_stand_in")
+
+    def __init__(self, obj):
+        self._ref = weakref.ref(obj)
+        self._stand_in = None
+
+    def live(self):
+        """The object, or None once it was collected."""
+        return self._ref()
+
+    def forget(self) -> None:
+        """Called by the object's __del__ before it releases the handle:
+        the events that follow get the stand-in, never the object being
+        finalized (which they would bring back to life)."""
+        self._ref = _nobody
+
+    def get(self, cls, handle):
+        obj = self._ref()
+        if obj is None:
+            obj = self._stand_in
+            if obj is None:
+                obj = self._stand_in = cls(handle)
+                obj._owned = False
+        return obj
+
+
 class _ListenerEntry:
-    __slots__ = ("listener", "on_connection", "on_error", "on_terminate", "defaults")
+    __slots__ = ("owner", "on_connection", "on_error", "on_terminate", "defaults")
 
     def __init__(self, listener, on_connection, on_error, on_terminate, defaults):
-        self.listener = listener
+        self.owner = _Owner(listener)
         self.on_connection = on_connection
         self.on_error = on_error
         self.on_terminate = on_terminate
@@ -838,20 +888,23 @@ def _deliver(obj, callbacks, slots, handle, event_p, label):
         obj._terminated = True
     slot = slots.get(code)
     cb = callbacks.get(slot)
-    if cb is None:
-        return
-    ev = Event._from_c(event_p)
-    try:
-        cb(obj, ev)
-    except BaseException as exc:  # noqa: BLE001
-        _report(exc, obj, slot if label is None else f"{label} {slot}")
+    if cb is not None:
+        ev = Event._from_c(event_p)
+        try:
+            cb(obj, ev)
+        except BaseException as exc:  # noqa: BLE001
+            _report(exc, obj, slot if label is None else f"{label} {slot}")
+    return code
 
 
 def _conn_trampoline(handle, event_p, user_data):
     try:
         entry = _conn_registry.get(user_data)
         if entry is not None:
-            _deliver(entry.conn, entry.callbacks, _SLOT_FOR_TYPE, handle, event_p, None)
+            conn = entry.conn
+            code = _deliver(conn, entry.callbacks, _SLOT_FOR_TYPE, handle, event_p, None)
+            if code != EVENT_DATA:
+                conn._note(code, event_p)  # after the callback: awaiting coroutines come second
     except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
         _report(exc, None, "netev binding (connection)")
 
@@ -868,10 +921,13 @@ def _listener_trampoline(handle, event_p, user_data):
         entry = _listener_registry.get(user_data)
         if entry is None:
             return
-        listener = entry.listener
+        listener = entry.owner.get(Listener, handle)
         code = event_p.contents.type
         if code == EVENT_TERMINATE:
-            listener._terminated = True
+            with _waiters.lock:
+                listener._terminated = True
+            if listener._waiters is not None:
+                listener._waiters.wake()  # ends the async iteration
             cb, slot = entry.on_terminate, "on_terminate"
         else:
             cb, slot = entry.on_error, "on_error"
@@ -892,7 +948,11 @@ def _accept_trampoline(handle, event_p, user_data, options_p):
         entry = _listener_registry.get(user_data)
         if entry is None:
             return False
-        listener = entry.listener
+        listener = entry.owner.live()
+        if listener is None:
+            return False  # released by its collection, in the meantime
+        if listener._accepted is not None and len(listener._accepted) >= listener._accepted_limit:
+            return False  # the async iteration's queue is full: the backlog's bound
         ev = Event._from_c(event_p)
         try:
             if entry.on_connection is None:
@@ -915,6 +975,10 @@ def _accept_trampoline(handle, event_p, user_data, options_p):
             opts = options_p.contents
             keep = _fill_options(opts, spec, token, conn)
             _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec), keep)
+            if listener._accepted is not None:
+                with _waiters.lock:
+                    listener._accepted.append(conn)
+                listener._waiters.wake()
             return True
         except BaseException as exc:  # noqa: BLE001 - rejects the connection
             _report(exc, listener, "listener on_connection")
@@ -1043,8 +1107,9 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
         cb = spec.get(name)
         if cb is not None and not callable(cb):
             raise TypeError(f"{name} must be callable")
-        # TERMINATE is always delivered to the binding: it marks the end.
-        setattr(opts, name, _CONN_CB if (cb is not None or name == "on_terminate") else _NULL_CONN_CB)
+        # The events the awaitables wait on (connected, drained, ended)
+        # always reach the binding; DATA and END only when asked for.
+        setattr(opts, name, _CONN_CB if (cb is not None or name in _ALWAYS_DELIVERED) else _NULL_CONN_CB)
     opts.user_data = token
     opts.user_data_free = _FREE_CB
     if "no_delay" in spec:
@@ -1062,7 +1127,7 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
     if spec.get("dispatcher") is not None:
         d = spec["dispatcher"]
         opts.dispatcher = _dispatcher_handle(d)
-        if isinstance(d, Dispatcher):
+        if isinstance(d, Dispatcher) and conn is not None:
             conn._dispatcher = d
     if spec.get("tls") is not None:
         t = spec["tls"]
@@ -1111,6 +1176,14 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
     return keep
 
 
+def _refuse_in_running_loop(call: str, instead: str) -> None:
+    # No running loop without asyncio imported: the common case costs a
+    # dict lookup.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        raise RuntimeError(f"{call} would block the running asyncio loop; {instead} instead")
+
+
 def _sliced(call, timeout):
     """Runs ``call(seconds) -> status`` until it returns something other than
     a timeout, in slices of at most 0.2 s so that Ctrl-C is seen between
@@ -1148,14 +1221,27 @@ class Connection:
     A client connection is owned: :meth:`release` (or leaving a ``with``
     block, or garbage collection after its end) gives the handle back, and
     closes it if still open. An accepted connection is netev's: its handle
-    is valid until its TERMINATE, unless :meth:`retain` took a reference."""
+    is valid until its TERMINATE, unless :meth:`retain` took a reference.
+
+    In a coroutine, await :meth:`wait_connected`, :meth:`drain` (after
+    BufferFull) and :meth:`wait_closed` instead of blocking; they work on
+    any connection, and a :class:`Dispatcher` attached to the loop makes
+    the callbacks run on the loop's thread too."""
 
     def __init__(self, handle: int, *, refs: int, listener=None):
         self._handle = handle
         self._refs = refs
         self._terminated = False
         self._dispatcher = None
-        self.listener = listener
+        # Weak: a live accepted connection must not keep its Listener
+        # object (and with it the listening port) from being collected.
+        self._listener_ref = weakref.ref(listener) if listener is not None else None
+        # What the awaitables wait on, set by _note under _waiters.lock.
+        self._connected = False
+        self._end = None  # (status, message) of the CLOSE or ERROR that ended it
+        self._drains = 0  # DRAIN events so far
+        self._drain_wanted = 0  # the DRAIN count drain() waits for
+        self._waiters = None  # made by the first await
         #: Exceptions raised by this connection's callbacks (newest 64).
         self.callback_errors: list = []
 
@@ -1164,6 +1250,91 @@ class Connection:
         conn = cls(handle, refs=0, listener=listener)
         conn._dispatcher = listener._dispatcher
         return conn
+
+    @property
+    def listener(self):
+        """The :class:`Listener` that accepted this connection; None for a
+        client connection, or once that Listener object was collected."""
+        ref = self._listener_ref
+        return ref() if ref is not None else None
+
+    # -- asyncio ------------------------------------------------------------
+
+    def _note(self, code: int, event_p) -> None:
+        """Records an event the awaitables wait on (any thread), then wakes
+        them."""
+        with _waiters.lock:
+            if code == EVENT_CONNECTION:
+                self._connected = True
+            elif code == EVENT_DRAIN:
+                self._drains += 1
+            elif code == EVENT_END:
+                return  # not an end of the connection: the peer's FIN
+            elif self._end is None:  # ERROR, CLOSE, or TERMINATE (also wakes wait_closed)
+                ev = event_p.contents
+                if code == EVENT_ERROR:
+                    self._end = (ev.error, ev.message.decode("utf-8", "replace") if ev.message else "")
+                else:
+                    self._end = (Status.ERR_CLOSED, "the connection is closed")
+        waiters = self._waiters
+        if waiters is not None:
+            waiters.wake()
+
+    def _until(self, check):
+        with _waiters.lock:
+            if self._waiters is None:
+                self._waiters = _waiters.Waiters()
+        return self._waiters.until(check)
+
+    def _ended(self):
+        """The outcome of a wait the connection's end interrupted."""
+        status, message = self._end
+        return (error_for(status, message), None)
+
+    async def wait_connected(self) -> None:
+        """Returns once the connection is established (its CONNECTION was
+        delivered; over TLS, after the handshake), at once if it was.
+        Raises the error that ended it before that (ConnectionRefused,
+        HostNotFound, NetevTimeout, TlsError …), or ConnectionClosed."""
+
+        def check():
+            if self._connected:
+                return (None, None)
+            return self._ended() if self._end is not None else None
+
+        await self._until(check)
+
+    async def drain(self) -> None:
+        """Returns once a send refused with BufferFull may be retried: at
+        the DRAIN that follows the refusal (netev's queue fell to half its
+        limit), or at once when no send was refused since the last DRAIN.
+        Raises ConnectionClosed, or the connection's error, once it ended:
+        nothing more can be sent then."""
+
+        def check():
+            if self._end is not None:
+                return self._ended()
+            return (None, None) if self._drains >= self._drain_wanted else None
+
+        await self._until(check)
+
+    async def wait_closed(self) -> None:
+        """Returns once the connection's TERMINATE was delivered: its last
+        callback has run. Never raises for how it ended: see
+        :attr:`errors`."""
+        await self._until(lambda: (None, None) if self._terminated else None)
+
+    def _send_call(self, fn, *args, **kw) -> None:
+        # A BufferFull refusal owes a DRAIN; the count read before the call
+        # makes drain() wait for one that comes after the refusal, even
+        # when it is delivered before this thread gets here.
+        drains = self._drains
+        try:
+            _call(fn, self._handle, *args, **kw)
+        except BufferFull:
+            with _waiters.lock:
+                self._drain_wanted = max(self._drain_wanted, drains + 1)
+            raise
 
     @classmethod
     def open(
@@ -1264,7 +1435,7 @@ class Connection:
         after shutdown/close, BufferFull past the send-buffer limit."""
         if not isinstance(data, bytes):
             data = bytes(data)
-        _call(lib.netev_connection_send, self._handle, data, len(data))
+        self._send_call(lib.netev_connection_send, data, len(data))
 
     def send_owned(self, data, on_free=None) -> None:
         """Sends ``data`` without copying it: netev reads the object's own
@@ -1291,9 +1462,8 @@ class Connection:
             taken[0] = status == Status.OK
 
         try:
-            _call(
+            self._send_call(
                 lib.netev_connection_send_owned,
-                self._handle,
                 view.buf,
                 view.len,
                 _OWNED_FREE_CB,
@@ -1314,7 +1484,7 @@ class Connection:
         as :meth:`send`."""
         if not isinstance(data, bytes):
             data = bytes(data)
-        _call(lib.netev_connection_send_frame, self._handle, data, len(data))
+        self._send_call(lib.netev_connection_send_frame, data, len(data))
 
     def pause(self) -> None:
         """Stops reading: no DATA or END until :meth:`resume` (a DATA
@@ -1349,7 +1519,11 @@ class Connection:
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until the connection ended or shutdown was called: True, or
         False when ``timeout`` seconds ran out (None: no limit). With a
-        dispatcher, its callbacks run on this thread meanwhile."""
+        dispatcher, its callbacks run on this thread meanwhile. Raises
+        RuntimeError inside a running asyncio loop, which it would block
+        (unless ``timeout`` is 0): await :meth:`wait_closed` there."""
+        if timeout != 0:
+            _refuse_in_running_loop("Connection.wait()", "await connection.wait_closed()")
         status = _sliced(
             lambda t: _call(lib.netev_connection_wait, self._handle, t, ok=(Status.OK, Status.ERR_TIMEOUT)),
             timeout,
@@ -1628,6 +1802,9 @@ class TlsConfig:
 # ---------------------------------------------------------------------------
 
 
+_DEFAULT_BACKLOG = 1024  # netev's, for backlog 0
+
+
 class Listener:
     """A TCP listener (4D's TCPListener).
 
@@ -1639,13 +1816,23 @@ class Listener:
     ``on_connection`` every connection is accepted with
     ``connection_options``. Accepted connections' callbacks receive a
     :class:`Connection` whose ``listener`` is this object; they use the
-    listener's dispatcher unless their options name another."""
+    listener's dispatcher unless their options name another.
+
+    In a coroutine, ``async for connection in listener:`` takes the
+    connections accepted from then on (see :meth:`accepted`).
+
+    The listener is owned: :meth:`release` (or leaving a ``with`` block, or
+    dropping the last reference to this object) stops it and frees its
+    port. The binding holds its callbacks, not the object."""
 
     def __init__(self, handle: int):
         self._handle = handle
         self._owned = True
         self._terminated = False
         self._dispatcher = None
+        self._accepted = None  # connections accepted for the async iteration
+        self._accepted_limit = 0
+        self._waiters = None
         #: Exceptions raised by this listener's callbacks (newest 64).
         self.callback_errors: list = []
 
@@ -1663,16 +1850,22 @@ class Listener:
         dispatcher=None,
         connection_options: dict | None = None,
     ) -> "Listener":
-        """Listens on ``port`` (0: a free one, see :attr:`port`)."""
+        """Listens on ``port`` (0: a free one, see :attr:`port`).
+        ``connection_options`` (keyword options of :meth:`Connection.open`)
+        are checked here, by netev too: a bad one raises now
+        (InvalidArgument, TypeError), not at each accept."""
         for name, cb in (("on_connection", on_connection), ("on_error", on_error), ("on_terminate", on_terminate)):
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable")
         defaults = dict(connection_options or {})
-        for key in defaults:
-            if key not in _CALLBACK_NAMES and key not in _OPTION_NAMES:
-                raise TypeError(f"unknown connection option {key!r}")
+        # The defaults as C options, for netev_listener_open to check; it
+        # copies them, so `keep` need only outlive the call.
+        c_defaults = _new_options(netev_connection_options, lib.netev_connection_options_init_sized)
+        keep = _fill_options(c_defaults, defaults, 0, None)
+        c_defaults.user_data_free = netev_user_data_free()  # no user_data behind token 0
         port = _port(port)
         listener = cls(0)
+        listener._accepted_limit = int(backlog) or _DEFAULT_BACKLOG
         if isinstance(dispatcher, Dispatcher):
             listener._dispatcher = dispatcher
         opts = _new_options(netev_listener_options, lib.netev_listener_options_init_sized)
@@ -1686,15 +1879,54 @@ class Listener:
         opts.backlog = int(backlog)
         opts.reuse_port = bool(reuse_port)
         opts.dispatcher = _dispatcher_handle(dispatcher)
-        _listener_registry[token] = _ListenerEntry(listener, on_connection, on_error, on_terminate, defaults)
+        opts.connection_defaults = ctypes.pointer(c_defaults)
+        entry = _ListenerEntry(listener, on_connection, on_error, on_terminate, defaults)
+        listener._owner = entry.owner
+        _listener_registry[token] = entry
         out = netev_listener()
         try:
             _call(lib.netev_listener_open, port, byref(opts), byref(out))
         except BaseException:
             _listener_registry.pop(token, None)
             raise
+        finally:
+            del keep
         listener._handle = out.value
         return listener
+
+    def accepted(self):
+        """An async iterator of the connections this listener accepts from
+        the first call on (``async for`` on the listener is the same), in
+        order, until its TERMINATE. Each arrives as soon as it is accepted:
+        await :meth:`Connection.wait_connected` for its CONNECTION (over
+        TLS, the handshake). ``on_connection`` and ``connection_options``
+        still decide whether and how each is accepted; give the accepted
+        connections callbacks there (``on_data`` …). At most ``backlog``
+        (default 1024) connections wait to be taken; past that, incoming
+        connections are rejected until the iteration catches up."""
+        with _waiters.lock:
+            # Now, not at the first __anext__: what is accepted from this
+            # call on is queued.
+            if self._accepted is None:
+                self._accepted = collections.deque()
+                self._waiters = _waiters.Waiters()
+        return self._take_accepted()
+
+    async def _take_accepted(self):
+        ready = lambda: (None, None) if (self._accepted or self._terminated) else None  # noqa: E731
+        while True:
+            await self._waiters.until(ready)
+            with _waiters.lock:
+                if self._accepted:
+                    conn = self._accepted.popleft()
+                elif self._terminated:
+                    return
+                else:
+                    continue  # another iteration took it
+            yield conn
+
+    def __aiter__(self):
+        return self.accepted()
 
     @property
     def handle(self) -> int:
@@ -1736,6 +1968,7 @@ class Listener:
         try:
             if self._owned and self._handle:
                 self._owned = False
+                self._owner.forget()
                 lib.netev_listener_release(self._handle)
         except Exception:  # noqa: BLE001
             pass
@@ -1759,10 +1992,10 @@ _udp_registry: dict = {}  # token -> _UdpEntry, until user_data_free
 
 
 class _UdpEntry:
-    __slots__ = ("sock", "callbacks")
+    __slots__ = ("owner", "callbacks")
 
     def __init__(self, sock, callbacks):
-        self.sock = sock
+        self.owner = _Owner(sock)
         self.callbacks = callbacks
 
 
@@ -1771,7 +2004,8 @@ def _udp_trampoline(handle, event_p, user_data):
         entry = _udp_registry.get(user_data)
         if entry is not None:
             # the socket goes on after a callback's exception
-            _deliver(entry.sock, entry.callbacks, _UDP_SLOT_FOR_TYPE, handle, event_p, "udp")
+            sock = entry.owner.get(UdpSocket, handle)
+            _deliver(sock, entry.callbacks, _UDP_SLOT_FOR_TYPE, handle, event_p, "udp")
     except BaseException as exc:  # noqa: BLE001 - a bug here must not reach C
         _report(exc, None, "netev binding (udp)")
 
@@ -1804,10 +2038,11 @@ class UdpSocket:
     An exception raised by a callback is reported (``callback_errors``,
     ``sys.unraisablehook``) and the socket goes on.
 
-    The socket is owned: :meth:`release` (or leaving a ``with`` block)
-    gives the handle back and closes it if still open. It never ends on its
-    own: while open, the binding keeps it (and its callbacks) alive even
-    without a reference of yours."""
+    The socket is owned: :meth:`release` (or leaving a ``with`` block, or
+    dropping the last reference to this object) gives the handle back and
+    closes it if still open. It never ends on its own. The binding holds
+    its callbacks until TERMINATE, not the object: keep a reference while
+    you want datagrams."""
 
     def __init__(self, handle: int):
         self._handle = handle
@@ -1865,7 +2100,9 @@ class UdpSocket:
         opts.broadcast = bool(broadcast)
         opts.send_buffer_limit = limit
         opts.dispatcher = _dispatcher_handle(dispatcher)
-        _udp_registry[token] = _UdpEntry(sock, {k: v for k, v in callbacks.items() if v is not None})
+        entry = _UdpEntry(sock, {k: v for k, v in callbacks.items() if v is not None})
+        sock._owner = entry.owner
+        _udp_registry[token] = entry
         out = netev_udp_socket()
         try:
             _call(lib.netev_udp_open, port, byref(opts), byref(out))
@@ -1952,6 +2189,7 @@ class UdpSocket:
         try:
             if self._owned and self._handle:
                 self._owned = False
+                self._owner.forget()
                 lib.netev_udp_release(self._handle)
         except Exception:  # noqa: BLE001 - interpreter exit
             pass
@@ -2009,6 +2247,7 @@ class Dispatcher:
         if timeout is not None and (math.isnan(float(timeout)) or float(timeout) <= 0):
             _call(lib.netev_dispatcher_run, self._handle, float(timeout), byref(ran))
             return ran.value
+        _refuse_in_running_loop("Dispatcher.run() with a timeout", "attach() the dispatcher to the loop")
         _sliced(step, timeout)
         return ran.value
 

@@ -418,34 +418,43 @@ class Sink:
         self.got.append((sock, ev.data))
 
 
-def test_callbacks_and_socket_stay_alive_until_terminate():
-    """The binding holds the callables and the socket while it is open,
-    without a reference of the caller's, and lets them go after TERMINATE."""
+def test_callbacks_stay_alive_until_terminate_and_dropping_the_socket_releases_it():
+    """The binding holds the callables, not the socket: while the caller
+    holds the socket, callables of nobody else's keep working; dropping the
+    socket's last reference releases it (its port is free, on_terminate
+    still runs with a stand-in), then the callables are given back."""
     got = []
+    terminated = []
     done = threading.Event()
     cb = Sink(got)
     cb_ref = weakref.ref(cb)
-    sock = netev.UdpSocket.open(0, on_data=cb, on_terminate=lambda s, e: done.set())
+    sock = netev.UdpSocket.open(0, on_data=cb, on_terminate=lambda s, e: (terminated.append(s), done.set()))
     port = sock.port
     sock_ref = weakref.ref(sock)
-    del cb, sock
+    del cb
     gc.collect()
-    assert cb_ref() is not None and sock_ref() is not None
+    assert cb_ref() is not None
     peer = bsd()
     for i in range(5):
         peer.sendto(b"%d" % i, ("127.0.0.1", port))
     assert wait_until(lambda: len(got) == 5)
     assert [d for _, d in got] == [b"0", b"1", b"2", b"3", b"4"]
-    sock = got[0][0]
-    assert sock is sock_ref()
+    assert all(s is sock for s, _ in got)
     del got[:]
-    sock.close()
-    assert done.wait(LIMIT)
-    sock.release()
     del sock
+    gc.collect()
+    assert sock_ref() is None
+    assert done.wait(LIMIT)
+    # TERMINATE went to a stand-in (unowned, terminated, same handle), not
+    # to the collected object.
+    assert len(terminated) == 1 and terminated[0].terminated and not terminated[0]._owned
+    assert sock_ref() is None
+    # The port is free again: a plain socket binds it.
+    again = bsd(port=port)
+    again.close()
     peer.close()
-    # TERMINATE gave the callables and the socket back (user_data_free)
-    assert wait_until(lambda: (gc.collect(), cb_ref() is None and sock_ref() is None)[1])
+    del terminated[:]
+    assert wait_until(lambda: (gc.collect(), cb_ref() is None)[1])
 
 
 def test_callback_exception_is_reported_and_the_socket_goes_on(monkeypatch):
