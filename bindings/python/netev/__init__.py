@@ -2237,7 +2237,9 @@ class Dispatcher:
     def run(self, timeout: float | None = 0) -> int:
         """Runs the queued callbacks on this thread, waiting up to
         ``timeout`` seconds for the first (None: no limit); returns how
-        many ran."""
+        many ran. Inside a running asyncio loop only ``run(0)`` is allowed
+        (a wait would block the loop: RuntimeError); :meth:`attach` the
+        dispatcher to the loop instead."""
         ran = c_size_t()
 
         def step(t):
