@@ -9,7 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Threading: every function is thread-safe and may be called from inside any
+/**
+ * \file netev.h
+ * \brief netev: event-driven TCP and UDP for C hosts.
+ *
+ * Threading: every function is thread-safe and may be called from inside any
  * callback. Callbacks run on netev's I/O threads, or, for objects whose
  * options name a dispatcher, on the thread that runs that dispatcher.
  * Callbacks of one object never run concurrently with each other.
@@ -19,13 +23,25 @@
  * open/create are owned by the caller until released.
  *
  * Errors: when a call returns an error, no callback fires because of it and
- * netev_last_error_message() describes it. */
+ * netev_last_error_message() describes it.
+ */
 
 
+/**
+ * Major version of the netev this header belongs to; netev_version()
+ * gives the loaded library's.
+ */
 #define NETEV_VERSION_MAJOR 0
 
+/**
+ * Minor version of this header's netev; before 1.0 each minor is its own
+ * ABI (`libnetev.so.0.MINOR`).
+ */
 #define NETEV_VERSION_MINOR 2
 
+/**
+ * Patch version of this header's netev.
+ */
 #define NETEV_VERSION_PATCH 0
 
 /**
@@ -76,6 +92,9 @@
  * so bindings can use them without this header; a number is never reused.
  */
 typedef enum netev_status {
+  /**
+   * Success: the call did what it says.
+   */
   NETEV_OK = 0,
   /**
    * A required pointer was NULL.
@@ -107,13 +126,28 @@ typedef enum netev_status {
    * inside a callback on the thread that must run it).
    */
   NETEV_ERR_WOULD_DEADLOCK = 7,
+  /**
+   * The peer refused the connection (ECONNREFUSED): nothing listens on
+   * that port.
+   */
   NETEV_ERR_CONNECTION_REFUSED = 8,
+  /**
+   * The peer reset or aborted the connection (ECONNRESET, ECONNABORTED,
+   * EPIPE, ENOTCONN).
+   */
   NETEV_ERR_CONNECTION_RESET = 9,
   /**
    * The name does not resolve.
    */
   NETEV_ERR_HOST_NOT_FOUND = 10,
+  /**
+   * The address and port are already bound (EADDRINUSE).
+   */
   NETEV_ERR_ADDRESS_IN_USE = 11,
+  /**
+   * The OS refused (EACCES, EPERM): a privileged port, a broadcast
+   * address without `broadcast`, a file that may not be opened.
+   */
   NETEV_ERR_PERMISSION_DENIED = 12,
   /**
    * Another OS error; `os_error` holds errno.
@@ -185,6 +219,9 @@ typedef uint64_t netev_connection;
  * callback that receives it: copy what must outlive the callback.
  */
 typedef struct netev_event {
+  /**
+   * What happened; each callback slot receives only its own type.
+   */
   enum netev_event_type type;
   /**
    * The connection concerned (the UDP socket's handle for UDP events);
@@ -195,6 +232,10 @@ typedef struct netev_event {
    * DATA only: the bytes, borrowed until the callback returns; NULL otherwise.
    */
   const uint8_t *data;
+  /**
+   * DATA only: how many bytes `data` holds (0 for an empty frame or
+   * datagram); 0 otherwise.
+   */
   size_t data_len;
   /**
    * Remote IP as text ("" when unknown; a UDP DATA's sender, "" on UDP
@@ -353,7 +394,7 @@ typedef struct netev_connection_options {
    */
   uint8_t length_prefix_bytes;
   /**
-   * Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
+   * Delimiter framing: the delimiter, 1 to 16 bytes (for example "\r\n"),
    * copied at open (for options a listener's on_connection returns:
    * once the callback returned; the defaults it is handed point at
    * netev's own copy). Must be NULL with other framing.
@@ -413,7 +454,7 @@ typedef struct netev_error_info {
    */
   char message[256];
   /**
-   * 4D: componentSignature: "netev", "os", "dns".
+   * 4D: componentSignature: "netev", "os", "dns", "tls", "framing".
    */
   char component[32];
 } netev_error_info;
@@ -1085,7 +1126,7 @@ enum netev_status netev_connection_peer_certificate(netev_connection conn,
  * Copies the connection's own IP address (getsockname), as
  * netev_connection_address does: "" before the TCP connect completed and
  * after the connection ended; an IPv4 address is never shown as
- * `::ffff:`. Read it in the CONNECTION callback to keep it.
+ * "::ffff:". Read it in the CONNECTION callback to keep it.
  * Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
  */
 enum netev_status netev_connection_local_address(netev_connection conn,
@@ -1560,7 +1601,9 @@ enum netev_status netev_udp_error_at(netev_udp_socket sock,
 }  // extern "C"
 #endif  // __cplusplus
 
-/* Versions: options structs that can grow.
+/**
+ * \file netev.h
+ * \par Versions: options structs that can grow.
  *
  * Every options struct starts with `size`: the struct's sizeof as the
  * caller's header declares it. Fields are only ever appended, so one
@@ -1591,9 +1634,10 @@ enum netev_status netev_udp_error_at(netev_udp_socket sock,
  * the library's own sizeof, for bindings that mirror this header exactly;
  * calling _sized with the size of their own struct is better. In C, the
  * plain function is still reachable past the macro as
- * (netev_connection_options_init)(&options). */
+ * (netev_connection_options_init)(&options).
+ */
 
-/* Whether the options struct at `options`, of type `type`, has `field`:
+/** Whether the options struct at `options`, of type `type`, has `field`:
  * its `size` reaches past the field's end. Check it before touching a
  * field of a struct that may come from another version, such as the
  * options a listener's on_connection receives (the library's, whose size
@@ -1601,18 +1645,29 @@ enum netev_status netev_udp_error_at(netev_udp_socket sock,
 #define NETEV_OPTIONS_HAS(options, type, field) \
   (offsetof(type, field) + sizeof(((type *)0)->field) <= (options)->size)
 
+/** Fills `options` with the defaults:
+ * netev_connection_options_init_sized with the size of the caller's
+ * netev_connection_options. */
 #define netev_connection_options_init(options) \
   netev_connection_options_init_sized((options), sizeof(netev_connection_options))
+/** Fills `options` with the defaults: netev_listener_options_init_sized
+ * with the size of the caller's netev_listener_options. */
 #define netev_listener_options_init(options) \
   netev_listener_options_init_sized((options), sizeof(netev_listener_options))
+/** Fills `options` with the defaults: netev_runtime_options_init_sized
+ * with the size of the caller's netev_runtime_options. */
 #define netev_runtime_options_init(options) \
   netev_runtime_options_init_sized((options), sizeof(netev_runtime_options))
+/** Fills `options` with the defaults: netev_tls_options_init_sized with
+ * the size of the caller's netev_tls_options. */
 #define netev_tls_options_init(options) \
   netev_tls_options_init_sized((options), sizeof(netev_tls_options))
+/** Fills `options` with the defaults: netev_udp_options_init_sized with
+ * the size of the caller's netev_udp_options. */
 #define netev_udp_options_init(options) \
   netev_udp_options_init_sized((options), sizeof(netev_udp_options))
 
-/* Fills `out` with the connection's counters, as much of the struct as
+/** Fills `out` with the connection's counters, as much of the struct as
  * this header declares (see netev_connection_stats_get_sized). */
 #define netev_connection_stats_get(conn, out) \
   netev_connection_stats_get_sized((conn), (out), sizeof(netev_connection_stats))

@@ -12,6 +12,7 @@ use std::io;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum netev_status {
+    /// Success: the call did what it says.
     NETEV_OK = 0,
     /// A required pointer was NULL.
     NETEV_ERR_NULL_ARGUMENT = 1,
@@ -29,11 +30,18 @@ pub enum netev_status {
     /// A blocking call made where it can never finish (for example waiting
     /// inside a callback on the thread that must run it).
     NETEV_ERR_WOULD_DEADLOCK = 7,
+    /// The peer refused the connection (ECONNREFUSED): nothing listens on
+    /// that port.
     NETEV_ERR_CONNECTION_REFUSED = 8,
+    /// The peer reset or aborted the connection (ECONNRESET, ECONNABORTED,
+    /// EPIPE, ENOTCONN).
     NETEV_ERR_CONNECTION_RESET = 9,
     /// The name does not resolve.
     NETEV_ERR_HOST_NOT_FOUND = 10,
+    /// The address and port are already bound (EADDRINUSE).
     NETEV_ERR_ADDRESS_IN_USE = 11,
+    /// The OS refused (EACCES, EPERM): a privileged port, a broadcast
+    /// address without `broadcast`, a file that may not be opened.
     NETEV_ERR_PERMISSION_DENIED = 12,
     /// Another OS error; `os_error` holds errno.
     NETEV_ERR_IO = 13,
@@ -172,7 +180,7 @@ pub struct netev_error_info {
     pub os_error: i32,
     /// 4D: message. NUL-terminated, cut to fit.
     pub message: [c_char; 256],
-    /// 4D: componentSignature: "netev", "os", "dns".
+    /// 4D: componentSignature: "netev", "os", "dns", "tls", "framing".
     pub component: [c_char; 32],
 }
 

@@ -55,12 +55,15 @@ pub const NETEV_IP_TEXT_LEN: usize = 46;
 #[allow(non_camel_case_types)]
 #[repr(C)]
 pub struct netev_event {
+    /// What happened; each callback slot receives only its own type.
     pub r#type: netev_event_type,
     /// The connection concerned (the UDP socket's handle for UDP events);
     /// 0 for listener-only events.
     pub connection: netev_connection,
     /// DATA only: the bytes, borrowed until the callback returns; NULL otherwise.
     pub data: *const u8,
+    /// DATA only: how many bytes `data` holds (0 for an empty frame or
+    /// datagram); 0 otherwise.
     pub data_len: usize,
     /// Remote IP as text ("" when unknown; a UDP DATA's sender, "" on UDP
     /// ERROR and TERMINATE, whose message names the destination). An IPv4

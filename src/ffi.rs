@@ -723,7 +723,7 @@ pub extern "C" fn netev_connection_peer_certificate(
 /// Copies the connection's own IP address (getsockname), as
 /// netev_connection_address does: "" before the TCP connect completed and
 /// after the connection ended; an IPv4 address is never shown as
-/// `::ffff:`. Read it in the CONNECTION callback to keep it.
+/// "::ffff:". Read it in the CONNECTION callback to keep it.
 /// Returns NETEV_ERR_NULL_ARGUMENT, NETEV_ERR_INVALID_HANDLE.
 #[unsafe(no_mangle)]
 pub extern "C" fn netev_connection_local_address(

@@ -22,8 +22,13 @@ pub mod sync;
 pub mod tls;
 pub mod udp;
 
+/// Major version of the netev this header belongs to; netev_version()
+/// gives the loaded library's.
 pub const NETEV_VERSION_MAJOR: u32 = 0;
+/// Minor version of this header's netev; before 1.0 each minor is its own
+/// ABI (`libnetev.so.0.MINOR`).
 pub const NETEV_VERSION_MINOR: u32 = 2;
+/// Patch version of this header's netev.
 pub const NETEV_VERSION_PATCH: u32 = 0;
 
 /// "MAJOR.MINOR.PATCH", NUL-terminated for `netev_version`.

@@ -111,7 +111,7 @@ pub struct netev_connection_options {
     /// Length-prefix framing: the prefix's size, 1, 2, 4 or 8 bytes,
     /// big-endian, counting the payload only; 0 = 4.
     pub length_prefix_bytes: u8,
-    /// Delimiter framing: the delimiter, 1 to 16 bytes (e.g. "\r\n"),
+    /// Delimiter framing: the delimiter, 1 to 16 bytes (for example "\r\n"),
     /// copied at open (for options a listener's on_connection returns:
     /// once the callback returned; the defaults it is handed point at
     /// netev's own copy). Must be NULL with other framing.
