@@ -23,6 +23,7 @@ command -v abidiff >/dev/null || need_pkgs+=(abigail-tools)      # tests/abi.rs
 command -v openssl >/dev/null || need_pkgs+=(openssl)            # TLS tests: certificates, s_server/s_client peers
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)      # benches/run.py, tests/benches_smoke.rs, tests/install.rs
 command -v cmake >/dev/null || need_pkgs+=(cmake)                # tests/install.rs (find_package(netev))
+command -v doxygen >/dev/null || need_pkgs+=(doxygen)            # tests/api_docs.rs
 pkg-config --exists libuv 2>/dev/null || need_pkgs+=(libuv1-dev) # benches/uv_echo.c
 # ASan/UBSan runtimes for the C tests built with -fsanitize=address,undefined
 echo 'int main(void){return 0;}' | cc -x c -fsanitize=address,undefined -o /dev/null - 2>/dev/null ||
