@@ -159,6 +159,18 @@ impl Finished {
 /// drained while it runs, so a chatty child (valgrind, a sanitizer report)
 /// never blocks on a full pipe.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
+    run_bounded_as(cmd, limit, false)
+}
+
+/// As `run_bounded`, for a child that starts others (pip, which runs cargo,
+/// which runs rustc): it leads a process group, and the limit kills the
+/// whole group, so nothing outlives the test or holds its pipes open.
+pub fn run_bounded_group(cmd: &mut Command, limit: Duration) -> Finished {
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    run_bounded_as(cmd, limit, true)
+}
+
+fn run_bounded_as(cmd: &mut Command, limit: Duration, group: bool) -> Finished {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,7 +194,12 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
             break Some(s);
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
+            if group {
+                // SAFETY: kill(2) on the group this child leads; no memory involved.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            } else {
+                let _ = child.kill();
+            }
             let _ = child.wait();
             break None;
         }
