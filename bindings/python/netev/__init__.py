@@ -4,9 +4,10 @@ netev's C ABI (ctypes, standard library only). ``include/netev.h`` is the refere
 only maps it to Python.
 
 Loading: the ``NETEV_LIB`` environment variable names libnetev.so when set;
-otherwise ``ctypes.util.find_library("netev")`` (an installed netev), else
-``target/release`` (then ``target/debug``) of the repository this file sits
-in.
+otherwise the libnetev.so beside this file (what ``pip install`` and the
+wheel put there), else ``target/release`` (then ``target/debug``) of the
+repository this file sits in, else ``ctypes.util.find_library("netev")``
+(an installed netev).
 
 Threads: callbacks of an object opened without a dispatcher run on netev's
 I/O threads (ctypes takes the GIL for them), concurrently for different
@@ -135,24 +136,21 @@ def _load() -> ctypes.CDLL:
     path = os.environ.get("NETEV_LIB")
     if path:
         return ctypes.CDLL(path)
-    found = ctypes.util.find_library("netev")
-    if found:
-        try:
-            return ctypes.CDLL(found)
-        except OSError:
-            pass
-    repo = Path(__file__).resolve().parents[3]
-    tried = []
-    for profile in ("release", "debug"):
-        candidate = repo / "target" / profile / "libnetev.so"
-        tried.append(str(candidate))
+    here = Path(__file__).resolve().parent
+    repo = here.parent.parent.parent
+    candidates = [here / "libnetev.so"]
+    candidates += [repo / "target" / profile / "libnetev.so" for profile in ("release", "debug")]
+    for candidate in candidates:
         if candidate.exists():
             return ctypes.CDLL(str(candidate))
+    found = ctypes.util.find_library("netev")
+    if found:
+        return ctypes.CDLL(found)
     raise OSError(
-        "netev: libnetev.so not found: set NETEV_LIB to its path, install netev, "
-        "or run `cargo build --release` (tried NETEV_LIB, find_library('netev'), "
-        + ", ".join(tried)
-        + ")"
+        "netev: libnetev.so not found: install this package with pip (which builds it), "
+        "run `cargo build --release` in its repository, or set NETEV_LIB to its path (tried "
+        + ", ".join(map(str, candidates))
+        + ", find_library('netev'))"
     )
 
 
