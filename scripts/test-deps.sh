@@ -6,7 +6,8 @@
 # - System packages, through apt, only when one is missing (as root, or
 #   with sudo). Add a line per new need.
 # - pytest, in a virtual environment under target/test-venv (never in the
-#   system's Python); tests/python.rs uses that environment when it exists.
+#   system's Python); tests/python.rs and tests/python_wheel.rs use that
+#   environment when it exists.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
