@@ -252,11 +252,13 @@ fn wheel_and_pip_install_work_outside_the_repository() {
     assert_eq!(built.len(), 1, "one wheel expected: {built:?}");
     let wheel = &built[0];
     let file_name = wheel.file_name().unwrap().to_string_lossy().into_owned();
-    let tag = format!("-py3-none-linux_{}.whl", std::env::consts::ARCH);
-    assert!(
-        file_name.starts_with("netev-") && file_name.ends_with(&tag),
-        "{file_name}: expected netev-<version>{tag}"
+    // The package's version is the crate's (pyproject.toml says it again).
+    let expected = format!(
+        "netev-{}-py3-none-linux_{}.whl",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
     );
+    assert_eq!(file_name, expected, "the wheel's name");
     let listing = budget.run(
         "list the wheel",
         Command::new(python())
