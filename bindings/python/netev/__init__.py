@@ -57,6 +57,8 @@ import ctypes
 import ctypes.util
 import itertools
 import math
+import numbers
+import operator
 import os
 import sys
 import threading
@@ -615,14 +617,25 @@ def _bad(message: str) -> InvalidArgument:
     return InvalidArgument(Status.ERR_INVALID_ARGUMENT, message)
 
 
+def _int(value, what: str, bits: int) -> int:
+    """An int (not a str or float: no silent conversion) that fits an
+    unsigned C field of ``bits`` bits, which ctypes would silently wrap."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if not 0 <= v < (1 << bits):
+        raise _bad(f"{what} {v} is out of range 0..{(1 << bits) - 1}")
+    return v
+
+
 def _port(port) -> int:
-    port = int(port)
-    if not 0 <= port <= 0xFFFF:  # ctypes would silently wrap a uint16
-        raise _bad(f"port {port} is out of range 0..65535")
-    return port
+    return _int(port, "port", 16)
 
 
 def _cstr(text: str, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, not {type(text).__name__}")
     try:
         b = text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -809,6 +822,8 @@ _OPTION_NAMES = (
     "delimiter",
     "max_frame",
 )
+# What only a client connection reads (netev ignores them for accepted ones).
+_CLIENT_ONLY_OPTIONS = ("server_name", "bind_address", "bind_port")
 _FRAMING_NAMES = {
     "none": FRAMING_NONE,
     "delimiter": FRAMING_DELIMITER,
@@ -909,7 +924,12 @@ def _conn_trampoline(handle, event_p, user_data):
 
 def _free_trampoline(user_data):
     try:
-        _conn_registry.pop(user_data, None)
+        entry = _conn_registry.pop(user_data, None)
+        if entry is not None and not entry.conn._terminated:
+            # Never started (accepted as netev shut down): no TERMINATE
+            # will come, so its awaiters learn the end here.
+            entry.conn._terminated = True
+            entry.conn._note(EVENT_TERMINATE, None)
     except BaseException:  # noqa: BLE001
         pass
 
@@ -974,6 +994,10 @@ def _accept_trampoline(handle, event_p, user_data, options_p):
             keep = _fill_options(opts, spec, token, conn)
             _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec), keep)
             if listener._accepted is not None:
+                # The taker owns it, as a client connection: its handle
+                # stays valid, even past its end, until released.
+                if lib.netev_connection_retain(ev.connection) == Status.OK:
+                    conn._refs = 1
                 with _waiters.lock:
                     listener._accepted.append(conn)
                 listener._waiters.wake()
@@ -1084,12 +1108,7 @@ def _dispatcher_handle(d) -> int:
 
 def _uint(spec: dict, name: str, bits: int) -> int | None:
     v = spec.get(name)
-    if v is None:
-        return None
-    v = int(v)
-    if not 0 <= v < (1 << bits):  # ctypes would silently wrap
-        raise _bad(f"{name} {v} is out of range 0..{(1 << bits) - 1}")
-    return v
+    return None if v is None else _int(v, name, bits)
 
 
 def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) -> list:
@@ -1115,12 +1134,13 @@ def _fill_options(opts: netev_connection_options, spec: dict, token: int, conn) 
     if "allow_half_open" in spec:
         opts.allow_half_open = bool(spec["allow_half_open"])
     for name in ("keepalive", "idle_timeout", "connection_timeout"):
-        if spec.get(name) is not None:
-            setattr(opts, name, float(spec[name]))
-    if spec.get("send_buffer_limit") is not None:
-        limit = int(spec["send_buffer_limit"])
-        if limit < 0:
-            raise _bad("send_buffer_limit must be >= 0")
+        seconds = spec.get(name)
+        if seconds is not None:
+            if not isinstance(seconds, numbers.Real):  # not "1": no silent conversion
+                raise TypeError(f"{name} must be a number of seconds, not {type(seconds).__name__}")
+            setattr(opts, name, float(seconds))
+    limit = _uint(spec, "send_buffer_limit", 64)
+    if limit is not None:
         opts.send_buffer_limit = limit
     if spec.get("dispatcher") is not None:
         d = spec["dispatcher"]
@@ -1260,7 +1280,7 @@ class Connection:
 
     def _note(self, code: int, event_p) -> None:
         """Records an event the awaitables wait on (any thread), then wakes
-        them."""
+        them. ``event_p`` is read only for ERROR."""
         with _waiters.lock:
             if code == EVENT_CONNECTION:
                 self._connected = True
@@ -1269,8 +1289,8 @@ class Connection:
             elif code == EVENT_END:
                 return  # not an end of the connection: the peer's FIN
             elif self._end is None:  # ERROR, CLOSE, or TERMINATE (also wakes wait_closed)
-                ev = event_p.contents
                 if code == EVENT_ERROR:
+                    ev = event_p.contents
                     self._end = (ev.error, ev.message.decode("utf-8", "replace") if ev.message else "")
                 else:
                     self._end = (Status.ERR_CLOSED, "the connection is closed")
@@ -1415,7 +1435,7 @@ class Connection:
         _conn_registry[token] = _ConnEntry(conn, _callbacks_of(spec), keep)
         out = netev_connection()
         try:
-            _call(lib.netev_connection_open, addr, port, byref(opts), byref(out))
+            _starting(lib.netev_connection_open, addr, port, byref(opts), byref(out))
         except BaseException:
             _conn_registry.pop(token, None)  # no callback ever fires
             raise
@@ -1803,6 +1823,31 @@ class TlsConfig:
 _DEFAULT_BACKLOG = 1024  # netev's, for backlog 0
 
 
+class _Accepted:
+    """Listener.accepted()'s iterator: a class, not an async generator,
+    so that a cancelled ``__anext__`` ends only that wait."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, listener):
+        self._listener = listener
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> "Connection":
+        listener = self._listener
+        ready = lambda: (None, None) if (listener._accepted or listener._terminated) else None  # noqa: E731
+        while True:
+            await listener._waiters.until(ready)
+            with _waiters.lock:
+                if listener._accepted:
+                    return listener._accepted.popleft()
+                if listener._terminated:
+                    raise StopAsyncIteration
+                # another iteration took it: wait again
+
+
 class Listener:
     """A TCP listener (4D's TCPListener).
 
@@ -1821,7 +1866,9 @@ class Listener:
 
     The listener is owned: :meth:`release` (or leaving a ``with`` block, or
     dropping the last reference to this object) stops it and frees its
-    port. The binding holds its callbacks, not the object."""
+    port. The binding holds its callbacks, not the object; callbacks that
+    hold it (bound methods of an object that keeps the listener) keep it
+    alive until :meth:`release`."""
 
     def __init__(self, handle: int):
         self._handle = handle
@@ -1856,6 +1903,9 @@ class Listener:
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable")
         defaults = dict(connection_options or {})
+        for key in _CLIENT_ONLY_OPTIONS:
+            if defaults.get(key) is not None:
+                raise TypeError(f"{key} is a client connection's option: accepted connections have none")
         # The defaults as C options, for netev_listener_open to check; it
         # copies them, so `keep` need only outlive the call.
         c_defaults = _new_options(netev_connection_options, lib.netev_connection_options_init_sized)
@@ -1863,7 +1913,8 @@ class Listener:
         c_defaults.user_data_free = netev_user_data_free()  # no user_data behind token 0
         port = _port(port)
         listener = cls(0)
-        listener._accepted_limit = int(backlog) or _DEFAULT_BACKLOG
+        backlog = _int(backlog, "backlog", 32)
+        listener._accepted_limit = backlog or _DEFAULT_BACKLOG
         if isinstance(dispatcher, Dispatcher):
             listener._dispatcher = dispatcher
         opts = _new_options(netev_listener_options, lib.netev_listener_options_init_sized)
@@ -1874,7 +1925,7 @@ class Listener:
         opts.user_data = token
         bind = _cstr(bind_address, "bind_address") if bind_address is not None else None
         opts.bind_address = bind
-        opts.backlog = int(backlog)
+        opts.backlog = backlog
         opts.reuse_port = bool(reuse_port)
         opts.dispatcher = _dispatcher_handle(dispatcher)
         opts.connection_defaults = ctypes.pointer(c_defaults)
@@ -1883,7 +1934,7 @@ class Listener:
         _listener_registry[token] = entry
         out = netev_listener()
         try:
-            _call(lib.netev_listener_open, port, byref(opts), byref(out))
+            _starting(lib.netev_listener_open, port, byref(opts), byref(out))
         except BaseException:
             _listener_registry.pop(token, None)
             raise
@@ -1892,38 +1943,32 @@ class Listener:
         listener._handle = out.value
         return listener
 
-    def accepted(self):
-        """An async iterator of the connections this listener accepts from
-        the first call on (``async for`` on the listener is the same), in
-        order, until its TERMINATE. Each arrives as soon as it is accepted:
-        await :meth:`Connection.wait_connected` for its CONNECTION (over
-        TLS, the handshake). ``on_connection`` and ``connection_options``
-        still decide whether and how each is accepted; give the accepted
-        connections callbacks there (``on_data`` …). At most ``backlog``
-        (default 1024) connections wait to be taken; past that, incoming
-        connections are rejected until the iteration catches up."""
+    def accepted(self) -> "_Accepted":
+        """An async iterator of the connections this listener accepts
+        (``async for`` on the listener is the same), in order, until its
+        TERMINATE. From the first call on, every accepted connection waits
+        in the listener's queue until an iteration takes it: at most
+        ``backlog`` (default 1024) wait, and past that incoming connections
+        are rejected, as a kernel's accept queue would. A wait given up (a
+        timeout, a cancelled task) loses no connection, and the iteration
+        goes on.
+
+        Each connection arrives as soon as it is accepted: await
+        :meth:`Connection.wait_connected` for its CONNECTION (over TLS, the
+        handshake). ``on_connection`` and ``connection_options`` still
+        decide whether and how each is accepted; give the connections their
+        callbacks there (``on_data`` …). A connection taken here is yours,
+        as a client connection is: its handle stays valid, even after its
+        end, until you release it (:meth:`Connection.release`, a ``with``
+        block, or dropping it); release does not close an accepted
+        connection, which then runs to its end."""
         with _waiters.lock:
-            # Now, not at the first __anext__: what is accepted from this
-            # call on is queued.
             if self._accepted is None:
                 self._accepted = collections.deque()
                 self._waiters = _waiters.Waiters()
-        return self._take_accepted()
+        return _Accepted(self)
 
-    async def _take_accepted(self):
-        ready = lambda: (None, None) if (self._accepted or self._terminated) else None  # noqa: E731
-        while True:
-            await self._waiters.until(ready)
-            with _waiters.lock:
-                if self._accepted:
-                    conn = self._accepted.popleft()
-                elif self._terminated:
-                    return
-                else:
-                    continue  # another iteration took it
-            yield conn
-
-    def __aiter__(self):
+    def __aiter__(self) -> "_Accepted":
         return self.accepted()
 
     @property
@@ -2040,7 +2085,8 @@ class UdpSocket:
     dropping the last reference to this object) gives the handle back and
     closes it if still open. It never ends on its own. The binding holds
     its callbacks until TERMINATE, not the object: keep a reference while
-    you want datagrams."""
+    you want datagrams. Callbacks that hold it (bound methods of an object
+    that keeps the socket) keep it alive until :meth:`release`."""
 
     def __init__(self, handle: int):
         self._handle = handle
@@ -2078,9 +2124,7 @@ class UdpSocket:
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable")
         port = _port(port)
-        limit = int(send_buffer_limit)
-        if limit < 0:
-            raise _bad("send_buffer_limit must be >= 0")
+        limit = _int(send_buffer_limit, "send_buffer_limit", 64)
         sock = cls(0)
         if isinstance(dispatcher, Dispatcher):
             sock._dispatcher = dispatcher
@@ -2103,7 +2147,7 @@ class UdpSocket:
         _udp_registry[token] = entry
         out = netev_udp_socket()
         try:
-            _call(lib.netev_udp_open, port, byref(opts), byref(out))
+            _starting(lib.netev_udp_open, port, byref(opts), byref(out))
         except BaseException:
             _udp_registry.pop(token, None)  # no callback ever fires
             raise
@@ -2238,6 +2282,9 @@ class Dispatcher:
         many ran. Inside a running asyncio loop only ``run(0)`` is allowed
         (a wait would block the loop: RuntimeError); :meth:`attach` the
         dispatcher to the loop instead."""
+        if timeout is None or not (timeout == 0 or math.isnan(float(timeout))):
+            # Negative waits with no limit, as None does.
+            _refuse_in_running_loop("Dispatcher.run() with a timeout", "attach() the dispatcher to the loop")
         ran = c_size_t()
 
         def step(t):
@@ -2247,7 +2294,6 @@ class Dispatcher:
         if timeout is not None and (math.isnan(float(timeout)) or float(timeout) <= 0):
             _call(lib.netev_dispatcher_run, self._handle, float(timeout), byref(ran))
             return ran.value
-        _refuse_in_running_loop("Dispatcher.run() with a timeout", "attach() the dispatcher to the loop")
         _sliced(step, timeout)
         return ran.value
 
@@ -2315,8 +2361,8 @@ class Dispatcher:
 def init_runtime(worker_threads: int = 0) -> None:
     """Starts netev's runtime (optional: the first open does it)."""
     opts = _new_options(netev_runtime_options, lib.netev_runtime_options_init_sized)
-    opts.worker_threads = int(worker_threads)
-    _call(lib.netev_runtime_init, byref(opts))
+    opts.worker_threads = _int(worker_threads, "worker_threads", 32)
+    _starting(lib.netev_runtime_init, byref(opts))
 
 
 def shutdown_runtime(timeout: float = 10.0) -> None:
@@ -2326,9 +2372,39 @@ def shutdown_runtime(timeout: float = 10.0) -> None:
     _call(lib.netev_runtime_shutdown, float(timeout))
 
 
+# Set at exit, before the runtime's last shutdown: from then on nothing may
+# start netev again. Its threads would call into the finalizing
+# interpreter, which ends such a thread with pthread_exit, an unwind
+# through netev's frames that aborts the process. _starting holds the lock
+# across the call, so no open that began before the flag can restart the
+# runtime after the shutdown.
+_exiting = False
+_start_lock = threading.RLock()  # reentrant: a log callback may open too
+
+
+def _starting(fn, *args) -> int:
+    """_call for the calls that may start netev's runtime."""
+    with _start_lock:
+        if _exiting:
+            raise RuntimeShutdown(Status.ERR_SHUTDOWN, "the interpreter is exiting")
+        return _call(fn, *args)
+
+
 def _atexit_shutdown() -> None:
+    global _exiting
     try:
-        lib.netev_runtime_shutdown(5.0)
+        with _start_lock:
+            _exiting = True
+        # Every callback still to run (each end's CLOSE and TERMINATE) waits
+        # for the GIL, which busy Python threads hand over once per switch
+        # interval (5 ms): thousands of connections would outlast any
+        # deadline. The interpreter is exiting: hand it over at once.
+        sys.setswitchinterval(1e-5)
+        # Until netev's threads are gone: one left calling into the
+        # finalizing interpreter would abort the process.
+        deadline = time.monotonic() + 60
+        while lib.netev_runtime_shutdown(5.0) == Status.ERR_TIMEOUT and time.monotonic() < deadline:
+            pass
     except Exception:  # noqa: BLE001
         pass
 

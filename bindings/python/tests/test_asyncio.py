@@ -331,7 +331,14 @@ def test_dropped_listener_frees_its_port():
         ({"send_buffer_limit": -1}, netev.InvalidArgument),
         ({"idle_timeout": float("nan")}, netev.InvalidArgument),
         ({"keepalive": -1.0}, netev.InvalidArgument),
-        ({"bind_port": 70000}, netev.InvalidArgument),
+        ({"send_buffer_limit": 2**64 + 3000}, netev.InvalidArgument),  # no silent wrap
+        ({"max_frame": 2**64}, netev.InvalidArgument),
+        ({"send_buffer_limit": "10"}, TypeError),  # no silent conversion
+        ({"length_prefix_bytes": 1.5}, TypeError),
+        ({"idle_timeout": "1"}, TypeError),
+        ({"bind_port": 70000}, TypeError),  # a client's option
+        ({"bind_address": "127.0.0.1"}, TypeError),
+        ({"server_name": "example.test"}, TypeError),
         ({"on_data": 5}, TypeError),
         ({"no_such_option": 1}, TypeError),
     ],
@@ -350,3 +357,110 @@ def test_listener_refuses_client_tls_config_as_connection_default():
             netev.Listener.open(0, bind_address="127.0.0.1", connection_options={"tls": cfg})
     finally:
         cfg.release()
+
+
+@pytest.mark.parametrize("backlog, error", [(-1, netev.InvalidArgument), (2**32, netev.InvalidArgument), ("8", TypeError)])
+def test_listener_backlog_checked(backlog, error):
+    with pytest.raises(error):
+        netev.Listener.open(0, bind_address="127.0.0.1", backlog=backlog)
+
+
+def test_a_given_up_wait_loses_nothing_and_the_iteration_goes_on():
+    """A timed-out __anext__ ends only that wait: the next one gets the
+    connection that came meanwhile, and `break` then a new iteration
+    continue with the same queue."""
+
+    async def main():
+        async with Attached() as d:
+            listener = netev.Listener.open(0, bind_address="127.0.0.1", dispatcher=d)
+            it = listener.accepted()
+            for _ in range(3):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(it.__anext__(), 0.01)
+            c1 = netev.Connection.open("127.0.0.1", listener.port, dispatcher=d)
+            await c1.wait_connected()
+            got = await asyncio.wait_for(it.__anext__(), LIMIT)
+            assert got.port == c1.local_port
+            c2 = netev.Connection.open("127.0.0.1", listener.port, dispatcher=d)
+            await c2.wait_connected()
+            async for conn in listener:  # a second iteration, same queue
+                assert conn.port == c2.local_port
+                break
+            for c in (got, conn, c1, c2):
+                c.release()
+            listener.release()
+
+    run(main())
+
+
+def test_a_taken_connection_stays_valid_until_released():
+    """The queue and the taker hold a reference: a connection that ended
+    before it was taken still answers (address, port, errors), and
+    release() gives it back once."""
+
+    async def main():
+        async with Attached() as d:
+            listener = netev.Listener.open(0, bind_address="127.0.0.1", dispatcher=d)
+            it = listener.accepted()
+            c = netev.Connection.open("127.0.0.1", listener.port, dispatcher=d)
+            await c.wait_connected()
+            client_port = c.local_port  # 0 once it ended
+            c.close()
+            await c.wait_closed()
+            server = await asyncio.wait_for(it.__anext__(), LIMIT)
+            await asyncio.wait_for(server.wait_closed(), LIMIT)  # it ended: the peer closed
+            assert server.terminated
+            assert (server.address, server.port) == ("127.0.0.1", client_port)
+            server.release()
+            with pytest.raises(netev.InvalidHandle):
+                server.release()  # no reference left
+            c.release()
+            listener.release()
+
+    run(main())
+
+
+def test_dispatcher_run_with_any_wait_refused_inside_a_loop():
+    async def main():
+        async with Attached() as d:
+            for timeout in (-1, -0.5, float("-inf"), 1, None, float("inf")):
+                with pytest.raises(RuntimeError, match="would block"):
+                    d.run(timeout)
+            assert d.run(0) >= 0
+
+    run(main())
+
+
+EXIT_WITH_DAEMON_THREADS = """
+import threading, time, netev
+listener = netev.Listener.open(0, bind_address="127.0.0.1",
+                               connection_options={"on_data": lambda c, e: c.send(e.data)})
+port = listener.port
+def ping_pong():  # callbacks on netev's I/O threads, forever
+    netev.Connection.open("127.0.0.1", port, on_data=lambda c, e: c.send(e.data),
+                          on_connection=lambda c, e: c.send(b"p"))
+def opener():
+    while True:
+        try:
+            ping_pong()
+            time.sleep(0.001)
+        except Exception:  # RuntimeShutdown once exiting: try again, as a careless host would
+            pass
+for _ in range(3):
+    threading.Thread(target=opener, daemon=True).start()
+time.sleep(0.3)
+print("exiting", flush=True)
+"""
+
+
+def test_exit_while_daemon_threads_keep_opening():
+    """At exit the binding shuts netev down, and no open after that starts
+    it again: no callback reaches the finalizing interpreter (which would
+    end netev's thread with pthread_exit, an abort)."""
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        run_ = subprocess.run([sys.executable, "-c", EXIT_WITH_DAEMON_THREADS], capture_output=True, timeout=60)
+        assert run_.returncode == 0, (run_.returncode, run_.stderr.decode()[-2000:])
+        assert run_.stdout == b"exiting\n"
