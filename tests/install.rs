@@ -20,10 +20,13 @@
 //! (target/install), so it never waits for the lock this `cargo test` holds
 //! on target/debug. Every child process has a time limit.
 
+mod support;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::Scratch;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,28 +49,6 @@ fn abi_version() -> String {
 /// MAJOR.MINOR of the crate, what tests/install/cmake asks for.
 fn major_minor() -> String {
     VERSION.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
-}
-
-/// A directory under target/tmp for this run, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("install-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `cmd` in its own process group, capturing its output; kills the
@@ -246,7 +227,7 @@ fn cmake_build(prefix: &Path, build: &Path) -> PathBuf {
 #[test]
 fn install_then_build_with_pkg_config_and_cmake() {
     require_tools();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new(Path::new(env!("CARGO_TARGET_TMPDIR")), "install-test");
     let prefix = scratch.0.join("prefix");
     let soname = format!("libnetev.so.{}", abi_version());
     let realname = format!("libnetev.so.{VERSION}");

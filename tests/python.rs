@@ -6,22 +6,9 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{require_lib, root, run_bounded};
+use support::{require_lib, root, run_bounded, test_python as python};
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-/// `PYTHON` if set; else the virtual environment scripts/test-deps.sh
-/// makes (with pytest in it) when it exists; else python3.
-fn python() -> String {
-    if let Ok(p) = std::env::var("PYTHON") {
-        return p;
-    }
-    let venv = root().join("target/test-venv/bin/python");
-    if venv.exists() {
-        return venv.to_string_lossy().into_owned();
-    }
-    "python3".into()
-}
 
 #[test]
 fn pytest_suite() {

@@ -26,22 +26,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{as_from_a_shell, require_lib, root, run_bounded_group};
+use support::{
+    Scratch, as_from_a_shell, require_lib, root, run_bounded_group, test_python as python,
+};
 
 const LIMIT: Duration = Duration::from_secs(600);
-
-/// `PYTHON` if set; else the virtual environment scripts/test-deps.sh
-/// makes when it exists; else python3 (as tests/python.rs).
-fn python() -> String {
-    if let Ok(p) = std::env::var("PYTHON") {
-        return p;
-    }
-    let venv = root().join("target/test-venv/bin/python");
-    if venv.exists() {
-        return venv.to_string_lossy().into_owned();
-    }
-    "python3".into()
-}
 
 /// The target directory this test was built in, whatever CARGO_TARGET_DIR
 /// or `--target` made it: target/tmp's parent.
@@ -54,31 +43,20 @@ fn target_dir() -> PathBuf {
 
 /// A directory under the system's temporary directory, outside the
 /// repository, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("netev-wheel-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        let dir = dir.canonicalize().expect("canonical scratch directory");
-        assert!(
-            !dir.starts_with(root().canonicalize().expect("canonical root")),
-            "{} is inside the repository: point TMPDIR elsewhere",
-            dir.display()
-        );
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch() -> Scratch {
+    let mut scratch = Scratch::new(&std::env::temp_dir(), "netev-wheel-test");
+    scratch.0 = scratch
+        .0
+        .canonicalize()
+        .expect("canonical scratch directory");
+    assert!(
+        !scratch
+            .0
+            .starts_with(root().canonicalize().expect("canonical root")),
+        "{} is inside the repository: point TMPDIR elsewhere",
+        scratch.0.display()
+    );
+    scratch
 }
 
 struct Budget(Instant);
@@ -221,7 +199,7 @@ fn wheel_and_pip_install_work_outside_the_repository() {
     let budget = Budget(Instant::now());
     let test_lib = require_lib();
     let binding = root().join("bindings/python");
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let before = tree_status();
     let probe = Command::new(python())
         .args(["-m", "pip", "--version"])

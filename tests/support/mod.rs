@@ -240,3 +240,38 @@ pub fn as_from_a_shell(cmd: &mut Command) -> &mut Command {
     }
     cmd
 }
+
+/// `PYTHON` if set; else the virtual environment scripts/test-deps.sh
+/// makes (with pytest in it) when it exists; else python3.
+pub fn test_python() -> String {
+    if let Ok(p) = std::env::var("PYTHON") {
+        return p;
+    }
+    let venv = root().join("target/test-venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    "python3".into()
+}
+
+/// A fresh directory `<parent>/<prefix>-<pid>-<nanos>`, removed with
+/// everything in it when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(parent: &Path, prefix: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = parent.join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
