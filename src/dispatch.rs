@@ -11,7 +11,7 @@
 use crate::error::{Error, Result, Status};
 use crate::registry::{self, Registered, netev_dispatcher};
 use crate::sync::{Guard, Mutex, contain};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,38 +56,54 @@ impl Job {
     }
 }
 
+/// Dispatchers nested on one thread that RUNNING names one by one; deeper
+/// runs are counted, not named (see `running_here`).
+const NAMED_RUNS: usize = 16;
+
 thread_local! {
-    /// Dispatchers whose callbacks are running on this thread right now.
-    static RUNNING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// Dispatchers whose callbacks are running on this thread right now,
+    /// innermost last, and how many there are. Plain values, without a
+    /// destructor: they still work in a thread's exit (atexit handlers,
+    /// static destructors), after thread-locals that have one are gone.
+    static RUNNING: Cell<[u64; NAMED_RUNS]> = const { Cell::new([0; NAMED_RUNS]) };
+    static RUNNING_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
 /// True inside a callback run by any dispatcher on this thread.
 pub fn running_on_this_thread() -> bool {
-    RUNNING.with(|r| !r.borrow().is_empty())
+    RUNNING_DEPTH.with(|d| d.get() > 0)
 }
 
+/// True inside a callback run by dispatcher `id` on this thread. Past
+/// NAMED_RUNS nested dispatchers (a host running 17 different ones inside
+/// each other's callbacks), the deeper ones are not named here.
 fn running_here(id: u64) -> bool {
-    RUNNING.with(|r| r.borrow().contains(&id))
+    let depth = RUNNING_DEPTH.with(Cell::get).min(NAMED_RUNS);
+    RUNNING.with(|r| r.get()[..depth].contains(&id))
 }
 
 /// Marks this thread as running `id`'s callbacks while it lives.
-struct Running(u64);
+struct Running;
 
 impl Running {
     fn enter(id: u64) -> Running {
-        RUNNING.with(|r| r.borrow_mut().push(id));
-        Running(id)
+        let depth = RUNNING_DEPTH.with(|d| d.replace(d.get() + 1));
+        if depth < NAMED_RUNS {
+            RUNNING.with(|r| {
+                let mut ids = r.get();
+                ids[depth] = id;
+                r.set(ids);
+            });
+        }
+        Running
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        RUNNING.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some(i) = r.iter().rposition(|x| *x == self.0) {
-                r.remove(i);
-            }
-        });
+        // Guards end in the reverse order of their start: the innermost
+        // is the last named.
+        RUNNING_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
     }
 }
 

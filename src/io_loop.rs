@@ -77,19 +77,25 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+// CURRENT is read with try_with: a host thread in its exit (an atexit
+// handler, a static destructor) has lost its thread-locals with
+// destructors, and such a thread is never an I/O thread.
+
 /// True on netev's I/O threads, where blocking would stall the I/O that
 /// the blocked call is waiting for.
 pub fn on_loop_thread() -> bool {
-    CURRENT.with(|c| c.borrow().is_some())
+    CURRENT.try_with(|c| c.borrow().is_some()).unwrap_or(false)
 }
 
 /// The loop running on this thread, if it is one of netev's.
 pub fn current() -> Option<Arc<LoopHandle>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
 fn is_current(h: &LoopHandle) -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|c| std::ptr::eq(&**c, h)))
+    CURRENT
+        .try_with(|c| c.borrow().as_ref().is_some_and(|c| std::ptr::eq(&**c, h)))
+        .unwrap_or(false)
 }
 
 /// Requests from other threads, and from callbacks on this one.

@@ -5,7 +5,7 @@
 //! to a host callback.
 
 use crate::error::{Error, Result};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::ffi::{CString, c_char, c_void};
 use std::fmt::Arguments;
 use std::fs::{File, OpenOptions};
@@ -47,8 +47,11 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
 static CALL_ENDED: Condvar = Condvar::new();
 
 thread_local! {
-    /// Generations of the log callbacks running on this thread (nested).
-    static CALLING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// Log callbacks running on this thread (nested). A plain counter,
+    /// without a destructor: it still works in a thread's exit (atexit
+    /// handlers, static destructors), after thread-locals that have one
+    /// are gone.
+    static CALLING: Cell<u32> = const { Cell::new(0) };
 }
 /// Checked before any formatting so an unused log costs one load per event.
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -97,7 +100,7 @@ pub fn set_callback(callback: netev_log_callback, user_data: *mut c_void) {
     s.generation += 1;
     let generation = s.generation;
     refresh(&s);
-    if CALLING.with(|c| !c.borrow().is_empty()) {
+    if CALLING.with(|c| c.get() > 0) {
         return;
     }
     while s.in_flight.iter().any(|(g, _)| *g < generation) {
@@ -191,13 +194,13 @@ fn emit(line: String) {
     };
     // The host is called with no lock held: it may log, or call netev, itself.
     if let Ok(c) = CString::new(line) {
-        CALLING.with(|c| c.borrow_mut().push(generation));
+        CALLING.with(|c| c.set(c.get() + 1));
         crate::sync::call_host(|| {
             // SAFETY: the host registered this function for exactly this
             // call; the line is a valid C string for the call's duration.
             unsafe { cb(c.as_ptr(), user_data as *mut c_void) }
         });
-        CALLING.with(|c| c.borrow_mut().pop());
+        CALLING.with(|c| c.set(c.get() - 1));
     }
     let mut s = sink();
     if let Some(i) = s.in_flight.iter().position(|(g, _)| *g == generation) {

@@ -24,11 +24,15 @@ thread_local! {
     /// Host calls running on this thread (nested when a callback calls
     /// netev, which calls the host again).
     static IN_HOST: Cell<u32> = const { Cell::new(0) };
-    /// What must wait until this thread holds no lock (log lines).
-    static DEFERRED: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
-    /// DEFERRED holds something: the common release skips it.
-    static ANY_DEFERRED: Cell<bool> = const { Cell::new(false) };
-    /// Wake-ups put off until this thread sleeps or calls the host.
+    /// What must wait until this thread holds no lock (log lines, the
+    /// free functions of owned sends), null when nothing waits. A raw
+    /// pointer, not a Vec: it has no destructor, so it still works in a
+    /// thread's exit (atexit handlers, static destructors), after
+    /// thread-locals that have one are gone. Made when work is deferred,
+    /// freed when it has run, so a thread never ends holding it.
+    static DEFERRED: Cell<*mut Vec<Box<dyn FnOnce()>>> = const { Cell::new(std::ptr::null_mut()) };
+    /// Wake-ups put off until this thread sleeps or calls the host (netev's
+    /// I/O threads; read with try_with, see `wake_later`).
     static WAKES: RefCell<Vec<Arc<dyn Wake>>> = const { RefCell::new(Vec::new()) };
     static ANY_WAKES: Cell<bool> = const { Cell::new(false) };
 }
@@ -52,8 +56,15 @@ pub trait Wake: Send + Sync {
 /// loop's turn, or before this thread calls the host, whose code could
 /// hold the wake-up back for as long as it runs.
 pub fn wake_later(w: Arc<dyn Wake>) {
-    WAKES.with(|v| v.borrow_mut().push(w));
-    ANY_WAKES.with(|a| a.set(true));
+    let mut w = Some(w);
+    let _ = WAKES.try_with(|v| v.borrow_mut().extend(w.take()));
+    match w {
+        None => ANY_WAKES.with(|a| a.set(true)),
+        // A thread in its exit has no WAKES any more: wake now.
+        Some(w) => {
+            let _ = contain(|| w.wake());
+        }
+    }
 }
 
 /// Does the wake-ups put off on this thread.
@@ -62,7 +73,9 @@ pub fn wake_pending() {
         return;
     }
     loop {
-        let wakes = WAKES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        let wakes = WAKES
+            .try_with(|v| std::mem::take(&mut *v.borrow_mut()))
+            .unwrap_or_default();
         if wakes.is_empty() {
             return;
         }
@@ -75,24 +88,34 @@ pub fn wake_pending() {
 /// Runs `f` once this thread holds no netev lock: now if it holds none.
 /// For work that may call the host (a log line), requested under a lock.
 pub fn when_unlocked(f: impl FnOnce() + 'static) {
-    if holding_a_lock() {
-        DEFERRED.with(|d| d.borrow_mut().push(Box::new(f)));
-        ANY_DEFERRED.with(|a| a.set(true));
-    } else {
+    if !holding_a_lock() {
         f();
+        return;
     }
+    DEFERRED.with(|d| {
+        let mut work = d.get();
+        if work.is_null() {
+            work = Box::into_raw(Box::<Vec<Box<dyn FnOnce()>>>::default());
+            d.set(work);
+        }
+        // SAFETY: a non-null DEFERRED came from Box::into_raw just above
+        // (now or earlier) on this thread, which alone reads this
+        // thread-local; run_deferred takes it out before it frees it.
+        unsafe { (*work).push(Box::new(f)) };
+    });
 }
 
 fn run_deferred() {
-    if !ANY_DEFERRED.with(|a| a.replace(false)) {
-        return;
-    }
     loop {
-        let work = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-        if work.is_empty() {
+        let work = DEFERRED.with(|d| d.replace(std::ptr::null_mut()));
+        if work.is_null() {
             return;
         }
-        for f in work {
+        // SAFETY: taken out of DEFERRED just now, so this is the one
+        // pointer to that Box::into_raw allocation; what the work defers
+        // in turn goes to a new one.
+        let work = unsafe { Box::from_raw(work) };
+        for f in *work {
             f();
         }
     }

@@ -275,6 +275,7 @@ c_tests!(
     fuzz_api,
     hygiene_sigpipe,
     hygiene_fork,
+    exit_handler_calls,
     // promises under adversarial use: memory bounded whatever the pattern,
     // callbacks (the log callback included) calling back in, misuse from
     // netev's own threads, close/wait/shutdown keeping their word

@@ -101,4 +101,5 @@ cpp_tests!(
     additions_test,
     udp_test,
     log_test,
+    exit_test,
 );

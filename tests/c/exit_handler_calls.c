@@ -1,0 +1,75 @@
+/* A host may call netev while it exits: from an atexit handler, as from a
+ * C++ static destructor, which glibc runs after it destroyed the main
+ * thread's thread-locals. Each call there works as anywhere else: the log
+ * callback set and removed (and called), a connection with an owned send
+ * still queued released (its free_fn runs once), a dispatcher and a
+ * listener released, the runtime shut down, so nothing leaks. */
+#include "common_b.h"
+
+#include <stdatomic.h>
+
+static netev_connection conn;
+static netev_listener listener;
+static netev_dispatcher dispatcher;
+static atomic_int frees, lines;
+static int never_accepts;
+/* More than loopback's socket buffers take: part of it stays queued. */
+static char big[16 << 20];
+
+#define AT_EXIT_OK(expr)                                                       \
+  do {                                                                         \
+    netev_status st_ = (expr);                                                 \
+    if (st_ != NETEV_OK) {                                                     \
+      fprintf(stderr, "at exit: %s returned %s\n", #expr,                      \
+              netev_status_name(st_));                                         \
+      _exit(1); /* not exit(): this runs inside exit() */                      \
+    }                                                                          \
+  } while (0)
+
+static void on_log(const char *line, void *ud) {
+  (void)line;
+  (void)ud;
+  atomic_fetch_add(&lines, 1);
+}
+
+static void on_free(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&frees, 1);
+}
+
+static void at_exit(void) {
+  AT_EXIT_OK(netev_log_set_callback(on_log, NULL));
+  AT_EXIT_OK(netev_connection_release(conn));
+  AT_EXIT_OK(netev_dispatcher_release(dispatcher));
+  AT_EXIT_OK(netev_listener_release(listener));
+  AT_EXIT_OK(netev_runtime_shutdown(10));
+  AT_EXIT_OK(netev_log_set_callback(NULL, NULL));
+  if (atomic_load(&frees) != 1) {
+    fprintf(stderr, "at exit: free_fn ran %d times, expected once\n", atomic_load(&frees));
+    _exit(1);
+  }
+  if (atomic_load(&lines) == 0) {
+    fprintf(stderr, "at exit: no log line reached the callback\n");
+    _exit(1);
+  }
+  close(never_accepts);
+  printf("every call at exit returned NETEV_OK\n");
+  fflush(stdout);
+}
+
+int main(void) {
+  watchdog(30);
+  CHECK(atexit(at_exit) == 0);
+  uint16_t port;
+  never_accepts = listen_loopback(&port, 4);
+  netev_connection_options o;
+  CHECK_OK(netev_connection_options_init(&o));
+  CHECK_OK(netev_connection_open("127.0.0.1", port, &o, &conn));
+  /* Sent from this thread, so netev has used its thread-locals here. */
+  CHECK_OK(netev_connection_send_owned(conn, big, sizeof big, on_free, NULL));
+  CHECK_OK(netev_dispatcher_create(&dispatcher));
+  CHECK_OK(netev_listener_open(0, NULL, &listener));
+  printf("returning from main\n");
+  fflush(stdout);
+  return 0;
+}
