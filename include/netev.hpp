@@ -21,6 +21,12 @@
 /// (and CLOSED racing the peer), is also available without exceptions
 /// through try_send().
 ///
+/// Text arguments (addresses, hosts, groups, paths, PEM, ALPN) are
+/// std::string, handed to netev as C strings. One holding a NUL byte would
+/// be cut short there, naming another host or file than the caller's, so
+/// the wrappers refuse it: Error with NETEV_ERR_INVALID_ARGUMENT, or that
+/// status from a try_ variant.
+///
 /// Callbacks and lifetimes. The std::function callbacks of a connection live
 /// in a heap block handed to netev as user_data, with user_data_free
 /// deleting it: netev owns that block, calls the callbacks from it and frees
@@ -89,9 +95,7 @@ class Error : public std::runtime_error {
   /// `status`, with netev's `message` for it. The wrappers throw it; a
   /// host rarely builds one.
   Error(netev_status status, const std::string &call, std::string message)
-      : std::runtime_error(call + ": " + netev_status_name(status) + ": " + message),
-        status_(status),
-        message_(std::move(message)) {}
+      : Error(status, call, without_status(status, std::move(message)), 0) {}
 
   /// The status the call returned (never NETEV_OK).
   netev_status status() const noexcept { return status_; }
@@ -105,6 +109,18 @@ class Error : public std::runtime_error {
  private:
   netev_status status_;
   std::string message_;
+
+  Error(netev_status status, const std::string &call, std::string message, int)
+      : std::runtime_error(call + ": " + netev_status_name(status) + ": " + message),
+        status_(status),
+        message_(std::move(message)) {}
+  // netev_last_error_message starts with the status's name, which what()
+  // already shows once.
+  static std::string without_status(netev_status status, std::string message) {
+    std::string prefix = std::string(netev_status_name(status)) + ": ";
+    if (message.compare(0, prefix.size(), prefix) == 0) message.erase(0, prefix.size());
+    return message;
+  }
 };
 
 /// \cond INTERNAL
@@ -119,6 +135,15 @@ inline std::string last_error_message() {
   netev_last_error_message(&s[0], s.size());
   s.resize(need);
   return s;
+}
+
+// Text for a C string parameter: a NUL inside would cut it short there,
+// naming another host or file than the caller's, so it is refused.
+inline bool has_nul(const std::string &s) noexcept { return s.find('\0') != std::string::npos; }
+
+inline const char *c_text(const std::string &s, const char *call, const char *what) {
+  if (has_nul(s)) throw Error(NETEV_ERR_INVALID_ARGUMENT, call, std::string(what) + " contains a NUL byte");
+  return s.c_str();
 }
 
 // Throws netev::Error for a non-OK status. Reads the message at once: it is
@@ -822,12 +847,14 @@ class Connection : public detail::ConnectionOps<Connection> {
   static Connection open(const std::string &address, std::uint16_t port, Options options = {}) {
     netev_connection_options c;
     detail::check(netev_connection_options_init(&c), "netev_connection_options_init");
+    detail::c_text(options.bind_address, "netev_connection_open", "bind_address");
     std::unique_ptr<detail::ConnectionBlock> block(detail::fill(std::move(options), c));
     // fill moved the callbacks and strings out, not server_name: it is
     // still ours, alive for the call (netev copies it)
-    if (!options.server_name.empty()) c.server_name = options.server_name.c_str();
+    if (!options.server_name.empty())
+      c.server_name = detail::c_text(options.server_name, "netev_connection_open", "server_name");
     netev_connection h = 0;
-    netev_status st = netev_connection_open(address.c_str(), port, &c, &h);
+    netev_status st = netev_connection_open(detail::c_text(address, "netev_connection_open", "address"), port, &c, &h);
     if (st != NETEV_OK) {
       std::string msg = detail::last_error_message();
       throw Error(st, "netev_connection_open", std::move(msg));  // `block` freed: netev never took it
@@ -939,19 +966,21 @@ class TlsConfig {
 
  private:
   explicit TlsConfig(netev_tls_config h) noexcept : h_(h) {}
-  static const char *opt(const std::string &s) noexcept { return s.empty() ? nullptr : s.c_str(); }
+  static const char *opt(const std::string &s, const char *call, const char *what) {
+    return s.empty() ? nullptr : detail::c_text(s, call, what);
+  }
   static TlsConfig create(const TlsOptions &o,
                           netev_status (*fn)(const netev_tls_options *, netev_tls_config *),
                           const char *call) {
     netev_tls_options t;
     detail::check(netev_tls_options_init(&t), "netev_tls_options_init");
-    t.ca_file = opt(o.ca_file);
-    t.ca_pem = opt(o.ca_pem);
-    t.cert_file = opt(o.cert_file);
-    t.cert_pem = opt(o.cert_pem);
-    t.key_file = opt(o.key_file);
-    t.key_pem = opt(o.key_pem);
-    t.alpn = opt(o.alpn);
+    t.ca_file = opt(o.ca_file, call, "ca_file");
+    t.ca_pem = opt(o.ca_pem, call, "ca_pem");
+    t.cert_file = opt(o.cert_file, call, "cert_file");
+    t.cert_pem = opt(o.cert_pem, call, "cert_pem");
+    t.key_file = opt(o.key_file, call, "key_file");
+    t.key_pem = opt(o.key_pem, call, "key_pem");
+    t.alpn = opt(o.alpn, call, "alpn");
     t.insecure_skip_verify = o.insecure_skip_verify;
     t.require_client_cert = o.require_client_cert;
     t.tls13_only = o.tls13_only;
@@ -1135,7 +1164,7 @@ class Listener {
     netev_listener_options c;
     detail::check(netev_listener_options_init(&c), "netev_listener_options_init");
     std::string bind = options.bind_address;
-    c.bind_address = bind.empty() ? nullptr : bind.c_str();
+    c.bind_address = bind.empty() ? nullptr : detail::c_text(bind, "netev_listener_open", "bind_address");
     c.backlog = options.backlog;
     c.reuse_port = options.reuse_port;
     c.dispatcher = options.dispatcher;
@@ -1229,7 +1258,7 @@ class UdpOps {
   /// send(std::string_view, const char *, std::uint16_t) with `host` as a
   /// std::string.
   void send(std::string_view bytes, const std::string &host, std::uint16_t port) const {
-    send(bytes.data(), bytes.size(), host.c_str(), port);
+    send(bytes.data(), bytes.size(), detail::c_text(host, "netev_udp_send", "host"), port);
   }
   /// send(std::string_view, const char *, std::uint16_t) for `len` bytes
   /// at `data`.
@@ -1239,7 +1268,7 @@ class UdpOps {
   /// send(std::string_view, const char *, std::uint16_t) for `len` bytes
   /// at `data`, with `host` as a std::string.
   void send(const void *data, std::size_t len, const std::string &host, std::uint16_t port) const {
-    send(data, len, host.c_str(), port);
+    send(data, len, detail::c_text(host, "netev_udp_send", "host"), port);
   }
   /// The same without throwing: NETEV_OK, NETEV_ERR_BUFFER_FULL,
   /// NETEV_ERR_CLOSED, ... (netev_last_error_message() has the words).
@@ -1249,7 +1278,7 @@ class UdpOps {
   /// try_send(std::string_view, const char *, std::uint16_t) with `host` as
   /// a std::string.
   netev_status try_send(std::string_view bytes, const std::string &host, std::uint16_t port) const noexcept {
-    return try_send(bytes.data(), bytes.size(), host.c_str(), port);
+    return try_send(bytes.data(), bytes.size(), host, port);
   }
   /// try_send(std::string_view, const char *, std::uint16_t) for `len`
   /// bytes at `data`.
@@ -1261,6 +1290,8 @@ class UdpOps {
   /// bytes at `data`, with `host` as a std::string.
   netev_status try_send(const void *data, std::size_t len, const std::string &host,
                         std::uint16_t port) const noexcept {
+    // A NUL would cut the name short: another host than the caller's.
+    if (detail::has_nul(host)) return NETEV_ERR_INVALID_ARGUMENT;
     return try_send(data, len, host.c_str(), port);
   }
 
@@ -1276,12 +1307,14 @@ class UdpOps {
   /// (INVALID_ARGUMENT, an OS error when the machine does not allow it,
   /// CLOSED).
   void join_multicast(const std::string &group, const std::string &interface_address = "") const {
-    check(netev_udp_join_multicast(h(), group.c_str(), opt(interface_address)), "netev_udp_join_multicast");
+    const char *call = "netev_udp_join_multicast";
+    check(netev_udp_join_multicast(h(), detail::c_text(group, call, "group"), opt(interface_address, call)), call);
   }
   /// Leaves a group joined with join_multicast(); the same arguments and
   /// errors.
   void leave_multicast(const std::string &group, const std::string &interface_address = "") const {
-    check(netev_udp_leave_multicast(h(), group.c_str(), opt(interface_address)), "netev_udp_leave_multicast");
+    const char *call = "netev_udp_leave_multicast";
+    check(netev_udp_leave_multicast(h(), detail::c_text(group, call, "group"), opt(interface_address, call)), call);
   }
   /// Stops the socket: its port is free when this returns, queued datagrams
   /// are dropped, TERMINATE follows. Harmless again.
@@ -1305,7 +1338,9 @@ class UdpOps {
 
  private:
   netev_udp_socket h() const noexcept { return static_cast<const D *>(this)->handle(); }
-  static const char *opt(const std::string &s) noexcept { return s.empty() ? nullptr : s.c_str(); }
+  static const char *opt(const std::string &s, const char *call) {
+    return s.empty() ? nullptr : detail::c_text(s, call, "interface_address");
+  }
 };
 
 }  // namespace detail
@@ -1408,7 +1443,8 @@ class UdpSocket : public detail::UdpOps<UdpSocket> {
   static UdpSocket open(std::uint16_t port, UdpOptions options = {}) {
     netev_udp_options c;
     detail::check(netev_udp_options_init(&c), "netev_udp_options_init");
-    c.bind_address = options.bind_address.empty() ? nullptr : options.bind_address.c_str();
+    c.bind_address =
+        options.bind_address.empty() ? nullptr : detail::c_text(options.bind_address, "netev_udp_open", "bind_address");
     c.reuse_port = options.reuse_port;
     c.broadcast = options.broadcast;
     c.send_buffer_limit = options.send_buffer_limit;
@@ -1484,7 +1520,7 @@ struct Runtime {
 /// (PERMISSION_DENIED, IO; INVALID_ARGUMENT for a path that is not UTF-8).
 /// No try_ variant: a log that cannot be opened is not normal flow.
 inline void log_open(const std::string &path) {
-  detail::check(netev_log_open(path.c_str()), "netev_log_open");
+  detail::check(netev_log_open(detail::c_text(path, "netev_log_open", "path")), "netev_log_open");
 }
 /// netev_log_close: closes the log file, if one is open (harmless again).
 inline void log_close() { detail::check(netev_log_close(), "netev_log_close"); }

@@ -108,6 +108,15 @@ static void errors() {
   bad = o;
   bad.idle_timeout = -1;
   CHECK_THROWS_STATUS(netev::Connection::open("127.0.0.1", 7, bad), NETEV_ERR_INVALID_ARGUMENT);
+  // A NUL would cut the text short (another host than the caller's): refused.
+  const std::string nul_text("127.0.0.1\0.evil", 15);
+  CHECK_THROWS_STATUS(netev::Connection::open(nul_text, 7, o), NETEV_ERR_INVALID_ARGUMENT);
+  bad = o;
+  bad.bind_address = nul_text;
+  CHECK_THROWS_STATUS(netev::Connection::open("127.0.0.1", 7, bad), NETEV_ERR_INVALID_ARGUMENT);
+  bad = o;
+  bad.server_name = nul_text;
+  CHECK_THROWS_STATUS(netev::Connection::open("127.0.0.1", 7, bad), NETEV_ERR_INVALID_ARGUMENT);
   CHECK_EQ(netev::live_callback_blocks(), before);
 
   // A stale or empty handle.

@@ -241,8 +241,25 @@ static void file_log() {
     thrown = true;
     CHECK(e.status() == NETEV_ERR_IO || e.status() == NETEV_ERR_PERMISSION_DENIED);
     CHECK(std::string(e.what()).find("netev_log_open") != std::string::npos);
+    // The status is named once: what() adds it, message() has netev's words.
+    std::string what = e.what(), name = e.status_name();
+    CHECK(what.find(name) == what.rfind(name));
+    CHECK(e.message().find(name) == std::string::npos);
   }
   CHECK(thrown);
+
+  // a NUL inside the path would cut it short: another file than the one asked for
+  std::string cut = path + ".cut";
+  std::string with_nul = cut + std::string(1, '\0') + "rest";
+  thrown = false;
+  try {
+    netev::log_open(with_nul);
+  } catch (const netev::Error &e) {
+    thrown = true;
+    CHECK(e.status() == NETEV_ERR_INVALID_ARGUMENT);
+  }
+  CHECK(thrown);
+  CHECK(file_size(cut) < 0);  // nothing created under the cut name
   unlink(path.c_str());
 }
 

@@ -428,6 +428,14 @@ void bad_input() {
   CHECK_THROWS_STATUS(sock.join_multicast("127.0.0.1"), NETEV_ERR_INVALID_ARGUMENT);
   CHECK_THROWS_STATUS(sock.join_multicast("239.1.2.3", "nope"), NETEV_ERR_INVALID_ARGUMENT);
   CHECK_THROWS_STATUS(sock.leave_multicast("127.0.0.1"), NETEV_ERR_INVALID_ARGUMENT);
+  // A NUL would cut the text short (another host or group than the
+  // caller's): the wrapper refuses it before netev sees it.
+  const std::string nul_host("127.0.0.1\0.evil", 15);
+  CHECK_THROWS_STATUS(sock.send("x", nul_host, 9), NETEV_ERR_INVALID_ARGUMENT);
+  CHECK_EQ(sock.try_send("x", nul_host, 9), NETEV_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS_STATUS(sock.join_multicast(std::string("239.255.1.2\0", 12), "127.0.0.1"),
+                      NETEV_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS_STATUS(sock.leave_multicast("239.255.1.2", nul_host), NETEV_ERR_INVALID_ARGUMENT);
   sock.join_multicast("239.255.1.2", "127.0.0.1");  // on the loopback interface
   sock.leave_multicast("239.255.1.2", "127.0.0.1");
   try {
