@@ -100,6 +100,9 @@ def _library() -> Path:
     if prebuilt:
         if not Path(prebuilt).is_file():
             raise SystemExit(f"netev: NETEV_PREBUILT_LIB={prebuilt} is not a file")
+        with open(prebuilt, "rb") as f:
+            if f.read(4) != b"\x7fELF":  # a wrong path would ship as the library
+                raise SystemExit(f"netev: NETEV_PREBUILT_LIB={prebuilt} is not an ELF shared library")
         return Path(prebuilt)
     return _cargo_build()
 

@@ -2367,8 +2367,10 @@ def init_runtime(worker_threads: int = 0) -> None:
 
 def shutdown_runtime(timeout: float = 10.0) -> None:
     """Ends every open object (each TERMINATE runs once) and stops netev's
-    threads; a later open starts afresh. Registered with atexit too, so no
-    callback reaches a finalizing interpreter."""
+    threads; a later open starts afresh. Registered with atexit too (with
+    10 s, after which no open can start netev again), so no callback reaches
+    a finalizing interpreter: a callback still running Python after 5 s of
+    it (one that never returns) gets SystemExit raised inside it."""
     _call(lib.netev_runtime_shutdown, float(timeout))
 
 
@@ -2390,6 +2392,31 @@ def _starting(fn, *args) -> int:
         return _call(fn, *args)
 
 
+def _interrupt_callbacks() -> None:
+    """Raises SystemExit in every thread (but this one) that runs one of
+    this module's callbacks, at its next bytecode."""
+    trampolines = {
+        f.__code__
+        for f in (
+            _conn_trampoline,
+            _free_trampoline,
+            _listener_trampoline,
+            _accept_trampoline,
+            _udp_trampoline,
+            _udp_free_trampoline,
+            _owned_free_trampoline,
+            _log_trampoline,
+        )
+    }
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        while frame is not None and ident != me:
+            if frame.f_code in trampolines:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SystemExit))
+                break
+            frame = frame.f_back
+
+
 def _atexit_shutdown() -> None:
     global _exiting
     try:
@@ -2400,11 +2427,15 @@ def _atexit_shutdown() -> None:
         # interval (5 ms): thousands of connections would outlast any
         # deadline. The interpreter is exiting: hand it over at once.
         sys.setswitchinterval(1e-5)
-        # Until netev's threads are gone: one left calling into the
-        # finalizing interpreter would abort the process.
-        deadline = time.monotonic() + 60
-        while lib.netev_runtime_shutdown(5.0) == Status.ERR_TIMEOUT and time.monotonic() < deadline:
-            pass
+        # Waits up to 10 s in all, as shutdown_runtime() does by default.
+        # A callback still running Python after 5 s (a loop that never
+        # ends) gets SystemExit raised inside it, so that it returns: a
+        # thread that ran Python code while the interpreter finalizes
+        # would abort the process. One blocked outside Python (waiting on
+        # a lock nobody releases) stays blocked, and the exit goes on.
+        if lib.netev_runtime_shutdown(5.0) == Status.ERR_TIMEOUT:
+            _interrupt_callbacks()
+            lib.netev_runtime_shutdown(5.0)
     except Exception:  # noqa: BLE001
         pass
 

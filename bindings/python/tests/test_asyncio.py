@@ -429,38 +429,3 @@ def test_dispatcher_run_with_any_wait_refused_inside_a_loop():
             assert d.run(0) >= 0
 
     run(main())
-
-
-EXIT_WITH_DAEMON_THREADS = """
-import threading, time, netev
-listener = netev.Listener.open(0, bind_address="127.0.0.1",
-                               connection_options={"on_data": lambda c, e: c.send(e.data)})
-port = listener.port
-def ping_pong():  # callbacks on netev's I/O threads, forever
-    netev.Connection.open("127.0.0.1", port, on_data=lambda c, e: c.send(e.data),
-                          on_connection=lambda c, e: c.send(b"p"))
-def opener():
-    while True:
-        try:
-            ping_pong()
-            time.sleep(0.001)
-        except Exception:  # RuntimeShutdown once exiting: try again, as a careless host would
-            pass
-for _ in range(3):
-    threading.Thread(target=opener, daemon=True).start()
-time.sleep(0.3)
-print("exiting", flush=True)
-"""
-
-
-def test_exit_while_daemon_threads_keep_opening():
-    """At exit the binding shuts netev down, and no open after that starts
-    it again: no callback reaches the finalizing interpreter (which would
-    end netev's thread with pthread_exit, an abort)."""
-    import subprocess
-    import sys
-
-    for _ in range(3):
-        run_ = subprocess.run([sys.executable, "-c", EXIT_WITH_DAEMON_THREADS], capture_output=True, timeout=60)
-        assert run_.returncode == 0, (run_.returncode, run_.stderr.decode()[-2000:])
-        assert run_.stdout == b"exiting\n"
