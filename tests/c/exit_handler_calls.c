@@ -3,7 +3,8 @@
  * thread's thread-locals. Each call there works as anywhere else: the log
  * callback set and removed (and called), a connection with an owned send
  * still queued released (its free_fn runs once), a dispatcher and a
- * listener released, the runtime shut down, so nothing leaks. */
+ * listener released, the runtime shut down, so nothing leaks; objects
+ * opened there work as well. */
 #include "common_b.h"
 
 #include <stdatomic.h>
@@ -37,7 +38,51 @@ static void on_free(void *arg) {
   atomic_fetch_add(&frees, 1);
 }
 
+static atomic_int datagrams;
+
+static void on_datagram(netev_udp_socket sock, const netev_event *e, void *ud) {
+  (void)sock;
+  (void)ud;
+  if (e->type == NETEV_EVENT_DATA && e->data_len == 4 && memcmp(e->data, "bye!", 4) == 0)
+    atomic_fetch_add(&datagrams, 1);
+}
+
+/* Objects made at exit work too: a UDP socket gets a datagram from
+ * another, a dispatcher runs, a connection opens and is released. */
+static void open_and_use_at_exit(void) {
+  netev_udp_options uo;
+  AT_EXIT_OK(netev_udp_options_init(&uo));
+  uo.bind_address = "127.0.0.1";
+  uo.on_data = on_datagram;
+  netev_udp_socket rx, tx;
+  AT_EXIT_OK(netev_udp_open(0, &uo, &rx));
+  AT_EXIT_OK(netev_udp_open(0, &uo, &tx));
+  uint16_t rx_port;
+  AT_EXIT_OK(netev_udp_port(rx, &rx_port));
+  AT_EXIT_OK(netev_udp_send(tx, "bye!", 4, "127.0.0.1", rx_port));
+  for (int i = 0; i < 1000 && atomic_load(&datagrams) == 0; i++) usleep(10000);
+  if (atomic_load(&datagrams) != 1) {
+    fprintf(stderr, "at exit: the datagram sent there did not arrive\n");
+    _exit(1);
+  }
+  AT_EXIT_OK(netev_udp_release(rx));
+  AT_EXIT_OK(netev_udp_release(tx));
+  netev_dispatcher d2;
+  size_t ran = 0;
+  AT_EXIT_OK(netev_dispatcher_create(&d2));
+  AT_EXIT_OK(netev_dispatcher_run(d2, 0, &ran));
+  AT_EXIT_OK(netev_dispatcher_release(d2));
+  netev_connection_options o;
+  AT_EXIT_OK(netev_connection_options_init(&o));
+  uint16_t port;
+  AT_EXIT_OK(netev_listener_port(listener, &port));
+  netev_connection c2;
+  AT_EXIT_OK(netev_connection_open("127.0.0.1", port, &o, &c2));
+  AT_EXIT_OK(netev_connection_release(c2));
+}
+
 static void at_exit(void) {
+  open_and_use_at_exit();
   AT_EXIT_OK(netev_log_set_callback(on_log, NULL));
   AT_EXIT_OK(netev_connection_release(conn));
   AT_EXIT_OK(netev_dispatcher_release(dispatcher));
