@@ -1165,6 +1165,9 @@ class Listener {
     detail::check(netev_listener_options_init(&c), "netev_listener_options_init");
     std::string bind = options.bind_address;
     c.bind_address = bind.empty() ? nullptr : detail::c_text(bind, "netev_listener_open", "bind_address");
+    // Client-only fields, which netev ignores here; refused like everywhere.
+    detail::c_text(options.connection_defaults.bind_address, "netev_listener_open", "connection_defaults.bind_address");
+    detail::c_text(options.connection_defaults.server_name, "netev_listener_open", "connection_defaults.server_name");
     c.backlog = options.backlog;
     c.reuse_port = options.reuse_port;
     c.dispatcher = options.dispatcher;

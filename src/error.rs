@@ -244,21 +244,36 @@ thread_local! {
     static LAST: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// The last failure of threads in their exit (atexit handlers, static and
+/// thread_local destructors), whose LAST the C library has destroyed:
+/// shared by such threads, which are rarely more than the one calling
+/// exit().
+static LAST_IN_EXIT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 /// Records the calling thread's last failure, in words.
 pub fn set_last(e: &Error) {
+    let text = e.to_string();
+    let mut text = Some(text);
     let _ = LAST.try_with(|l| {
-        if let Ok(mut l) = l.try_borrow_mut() {
-            l.clear();
-            l.push_str(&e.to_string());
+        if let (Ok(mut l), Some(t)) = (l.try_borrow_mut(), text.take()) {
+            *l = t;
         }
     });
+    if let Some(t) = text {
+        *LAST_IN_EXIT.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
 }
 
 /// Runs `f` with the calling thread's last failure message.
 pub fn with_last<R>(f: impl FnOnce(&str) -> R) -> R {
     let text = LAST
         .try_with(|l| l.try_borrow().map(|s| s.clone()).unwrap_or_default())
-        .unwrap_or_default();
+        .unwrap_or_else(|_| {
+            LAST_IN_EXIT
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
     f(&text)
 }
 

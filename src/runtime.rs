@@ -82,11 +82,22 @@ fn build() -> Result<Runtime> {
     };
     // Multi-thread with one (idle) worker: building a current-thread one
     // would store a thread handle in the host thread's TLS, which leak
-    // checkers report once netev is shut down.
-    let blocking = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("netev-dns")
-        .build()
+    // checkers report once netev is shut down. Built on a thread of its
+    // own: tokio enters its context on the building thread, and a host
+    // thread in its exit (an atexit handler, a thread_local's destructor)
+    // no longer has the thread-locals that takes.
+    let builder = std::thread::Builder::new()
+        .name("netev-start".into())
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("netev-dns")
+                .build()
+        })
+        .map_err(|e| Error::io(&e, "cannot start the runtime"))?;
+    let blocking = builder
+        .join()
+        .map_err(|_| Error::new(Status::NETEV_ERR_INTERNAL, "building the runtime panicked"))?
         .map_err(|e| Error::io(&e, "cannot start the runtime"))?;
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {

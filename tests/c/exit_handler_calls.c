@@ -4,7 +4,8 @@
  * callback set and removed (and called), a connection with an owned send
  * still queued released (its free_fn runs once), a dispatcher and a
  * listener released, the runtime shut down, so nothing leaks; objects
- * opened there work as well. */
+ * opened there work as well, also once the runtime was shut down there
+ * (it starts afresh), and a failing call leaves its message. */
 #include "common_b.h"
 
 #include <stdatomic.h>
@@ -39,6 +40,7 @@ static void on_free(void *arg) {
 }
 
 static atomic_int datagrams;
+static int rounds;
 
 static void on_datagram(netev_udp_socket sock, const netev_event *e, void *ud) {
   (void)sock;
@@ -60,8 +62,9 @@ static void open_and_use_at_exit(void) {
   uint16_t rx_port;
   AT_EXIT_OK(netev_udp_port(rx, &rx_port));
   AT_EXIT_OK(netev_udp_send(tx, "bye!", 4, "127.0.0.1", rx_port));
-  for (int i = 0; i < 1000 && atomic_load(&datagrams) == 0; i++) usleep(10000);
-  if (atomic_load(&datagrams) != 1) {
+  rounds++;
+  for (int i = 0; i < 1000 && atomic_load(&datagrams) < rounds; i++) usleep(10000);
+  if (atomic_load(&datagrams) != rounds) {
     fprintf(stderr, "at exit: the datagram sent there did not arrive\n");
     _exit(1);
   }
@@ -72,13 +75,31 @@ static void open_and_use_at_exit(void) {
   AT_EXIT_OK(netev_dispatcher_create(&d2));
   AT_EXIT_OK(netev_dispatcher_run(d2, 0, &ran));
   AT_EXIT_OK(netev_dispatcher_release(d2));
+  netev_listener l2;
+  AT_EXIT_OK(netev_listener_open(0, NULL, &l2));
+  uint16_t port;
+  AT_EXIT_OK(netev_listener_port(l2, &port));
   netev_connection_options o;
   AT_EXIT_OK(netev_connection_options_init(&o));
-  uint16_t port;
-  AT_EXIT_OK(netev_listener_port(listener, &port));
   netev_connection c2;
   AT_EXIT_OK(netev_connection_open("127.0.0.1", port, &o, &c2));
   AT_EXIT_OK(netev_connection_release(c2));
+  AT_EXIT_OK(netev_listener_release(l2));
+}
+
+/* A failing call there still leaves its words for
+ * netev_last_error_message. */
+static void last_error_at_exit(void) {
+  char msg[256];
+  if (netev_connection_release(12345) != NETEV_ERR_INVALID_HANDLE) {
+    fprintf(stderr, "at exit: releasing a made-up handle was not INVALID_HANDLE\n");
+    _exit(1);
+  }
+  netev_last_error_message(msg, sizeof msg);
+  if (strstr(msg, "NETEV_ERR_INVALID_HANDLE") != msg) {
+    fprintf(stderr, "at exit: last error message \"%s\"\n", msg);
+    _exit(1);
+  }
 }
 
 static void at_exit(void) {
@@ -87,6 +108,10 @@ static void at_exit(void) {
   AT_EXIT_OK(netev_connection_release(conn));
   AT_EXIT_OK(netev_dispatcher_release(dispatcher));
   AT_EXIT_OK(netev_listener_release(listener));
+  AT_EXIT_OK(netev_runtime_shutdown(10));
+  last_error_at_exit();
+  /* The runtime starts afresh there too, then ends again. */
+  open_and_use_at_exit();
   AT_EXIT_OK(netev_runtime_shutdown(10));
   AT_EXIT_OK(netev_log_set_callback(NULL, NULL));
   if (atomic_load(&frees) != 1) {
@@ -104,6 +129,9 @@ static void at_exit(void) {
 
 int main(void) {
   watchdog(30);
+  /* A failure first, so that this thread's message slot exists (and is
+   * destroyed at exit, before the handler runs). */
+  CHECK_STATUS(netev_connection_release(54321), NETEV_ERR_INVALID_HANDLE);
   CHECK(atexit(at_exit) == 0);
   uint16_t port;
   never_accepts = listen_loopback(&port, 4);
