@@ -252,8 +252,7 @@ static LAST_IN_EXIT: std::sync::Mutex<String> = std::sync::Mutex::new(String::ne
 
 /// Records the calling thread's last failure, in words.
 pub fn set_last(e: &Error) {
-    let text = e.to_string();
-    let mut text = Some(text);
+    let mut text = Some(e.to_string());
     let _ = LAST.try_with(|l| {
         if let (Ok(mut l), Some(t)) = (l.try_borrow_mut(), text.take()) {
             *l = t;

@@ -1907,7 +1907,7 @@ class Listener:
             if defaults.get(key) is not None:
                 raise TypeError(f"{key} is a client connection's option: accepted connections have none")
         # The defaults as C options, for netev_listener_open to check; it
-        # copies them, so `keep` need only outlive the call.
+        # copies them, so `keep` (a local) need only outlive the call.
         c_defaults = _new_options(netev_connection_options, lib.netev_connection_options_init_sized)
         keep = _fill_options(c_defaults, defaults, 0, None)
         c_defaults.user_data_free = netev_user_data_free()  # no user_data behind token 0
@@ -1938,8 +1938,6 @@ class Listener:
         except BaseException:
             _listener_registry.pop(token, None)
             raise
-        finally:
-            del keep
         listener._handle = out.value
         return listener
 

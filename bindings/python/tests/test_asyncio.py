@@ -53,6 +53,17 @@ def free_port():
     return port
 
 
+async def end_iteration(listener, it, clients):
+    """Terminates the listener: the iteration `it` ends; then releases
+    everything."""
+    listener.terminate()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(it.__anext__(), LIMIT)
+    for c in clients:
+        c.release()
+    listener.release()
+
+
 class Attached:
     """A dispatcher attached to the running loop for the block."""
 
@@ -134,12 +145,7 @@ def test_accepted_in_order_then_the_iteration_ends():
             assert [g.port for g in got] == [c.local_port for c in clients]
             for g in got:
                 await g.wait_connected()  # already: at once
-            listener.terminate()
-            with pytest.raises(StopAsyncIteration):
-                await asyncio.wait_for(it.__anext__(), LIMIT)
-            for c in clients:
-                c.release()
-            listener.release()
+            await end_iteration(listener, it, clients)
 
     run(main())
 
@@ -247,7 +253,7 @@ def test_blocking_calls_refused_inside_a_running_loop():
                 c.wait()
             with pytest.raises(RuntimeError, match="would block"):
                 d.run(1)
-            assert c.wait(0) in (True, False)  # does not block: allowed
+            c.wait(0)  # does not block: allowed, no RuntimeError
             d.run(0)
             await c.wait_connected()
             c.close()
@@ -281,12 +287,7 @@ def test_accept_queue_is_bounded_by_backlog():
             taken = [await asyncio.wait_for(it.__anext__(), LIMIT) for _ in range(2)]
             open_ports = sorted(c.local_port for c, f in zip(clients, ended) if not f.done())
             assert sorted(t.port for t in taken) == open_ports
-            listener.terminate()
-            with pytest.raises(StopAsyncIteration):
-                await asyncio.wait_for(it.__anext__(), LIMIT)
-            for c in clients:
-                c.release()
-            listener.release()
+            await end_iteration(listener, it, clients)
 
     run(main())
 
